@@ -1,0 +1,136 @@
+"""The HTTP face of tsfmd: a Flask app built by `create_app(models, ...)`.
+
+Where a request goes:
+  POST /<model route>   -> forecast (protocol.parse_request -> ModelHandle.submit -> reply)
+  GET  /<model route>   -> 405, as TDgpt's reference service answers its status probe
+  GET  /v1/models       -> every model with status, limits and capabilities
+  GET  /healthz         -> the process answers
+  GET  /readyz          -> 200 when every enabled model is ready, else 503 naming them
+  GET  /v1/status       -> the daemon itself: registry, reload counts, requests in flight
+Every error is a JSON body {"status": "error", "error": "<what is wrong>"}.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Callable, Optional
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from tsfmd.families.base import UnsupportedInput
+from tsfmd.protocol import RequestError, parse_request, success_reply
+from tsfmd.runtime import READY, Models
+
+access_log = logging.getLogger("tsfmd.access")
+log = logging.getLogger("tsfmd.app")
+
+
+def json_response(payload: dict, status: int = 200, headers: dict = None) -> Response:
+    body = json.dumps(payload, allow_nan=False)
+    return Response(body, status=status, headers=headers or {}, mimetype="application/json")
+
+
+def error_response(status: int, message: str, headers: dict = None) -> Response:
+    return json_response({"status": "error", "error": message}, status, headers)
+
+
+def create_app(
+    models: Models,
+    max_request_bytes: int = 16 * 1024 * 1024,
+    daemon_status: Optional[Callable[[], dict]] = None,
+) -> Flask:
+    app = Flask("tsfmd")
+    app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
+
+    @app.before_request
+    def _start_timer():
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _log_request(response):
+        elapsed = time.monotonic() - g.get("started", time.monotonic())
+        access_log.info(
+            "%s %s %d %.3fs %s", request.method, request.path, response.status_code,
+            elapsed, request.remote_addr or "-",
+        )
+        return response
+
+    @app.errorhandler(RequestError)
+    def _request_error(exc: RequestError):
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc):
+        return error_response(
+            413, f"the body is larger than the server's limit of {max_request_bytes} bytes "
+            "(server.max_request_bytes)"
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    @app.get("/healthz")
+    def healthz():
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        handles = models.table.handles.values()
+        waiting = {h.key: _state(h) for h in handles if h.status != READY}
+        if waiting:
+            return json_response({"status": "not ready", "not_ready": waiting}, 503)
+        return json_response({"status": "ready", "models": sorted(models.table.handles)})
+
+    @app.get("/v1/status")
+    def status():
+        return json_response(daemon_status() if daemon_status else {"summary": models.table.summary()})
+
+    @app.get("/v1/models")
+    def list_models():
+        handles = models.table.handles.values()
+        return json_response({"models": [h.describe() for h in handles]})
+
+    @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    @app.route("/<path:path>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    def model_route(path: str):
+        route = "/" + path.rstrip("/")
+        handle = models.route(route)
+        if handle is None:
+            served = ", ".join(sorted(models.table.routes)) or "none"
+            raise RequestError(404, f"no model is served at {route}; served routes: {served}")
+        if request.method != "POST":
+            raise RequestError(
+                405, f"{route} serves model {handle.key}: POST a JSON forecast request",
+                {"Allow": "POST"},
+            )
+        caps = handle.ready_capabilities()
+        forecast_request = parse_request(_json_body(), caps, handle.key)
+        try:
+            forecast = handle.submit(forecast_request)
+        except UnsupportedInput as exc:
+            raise RequestError(400, f"model {handle.key}: {exc}") from exc
+        return json_response(success_reply(forecast_request, forecast, 0, caps))
+
+    return app
+
+
+def _json_body():
+    raw = request.get_data(cache=False)  # raises RequestEntityTooLarge past the limit
+    if not raw:
+        raise RequestError(400, "the body is empty: send a JSON object with 'input' and 'next_len'")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"the body is not valid JSON: {exc}") from exc
+
+
+def _state(handle) -> str:
+    return f"{handle.status}: {handle.reason}" if handle.reason else handle.status

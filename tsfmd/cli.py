@@ -1,0 +1,93 @@
+"""The `tsfmd` command: serve, check, and the sub-commands later parts add."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from tsfmd.registry import DEFAULT_CONFIG, RegistryError, load_registry
+from tsfmd.version import __version__
+
+log = logging.getLogger("tsfmd")
+
+
+def embedded_registry() -> str:
+    """The registry shipped inside the package (the repo's etc/tsfmd/tsfmd.yaml)."""
+    return str(Path(__file__).parent / "data" / "tsfmd.yaml")
+
+
+def default_config() -> str:
+    """/etc/tsfmd/tsfmd.yaml when installed, else the embedded default registry."""
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else embedded_registry()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tsfmd", description="Serve time-series foundation models to TDengine TDgpt."
+    )
+    parser.add_argument("--version", action="version", version=f"tsfmd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", default=None, help=f"registry file (default {DEFAULT_CONFIG} "
+                       "if it exists, else the embedded default)")
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    serve.set_defaults(handler=cmd_serve)
+
+    check = commands.add_parser("check", help="validate a registry offline (like nginx -t)")
+    check.add_argument("--config", default=None, help="registry file to check")
+    check.set_defaults(handler=cmd_check)
+    return parser
+
+
+def cmd_check(args) -> int:
+    path = args.config or default_config()
+    try:
+        registry = load_registry(path)
+    except RegistryError as exc:
+        print(f"tsfmd check: {path} is NOT valid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    for warning in registry.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    server = registry.server
+    print(f"{path}: OK: listen {server.host}:{server.port}, {len(registry.models)} model(s), "
+          f"{len(registry.enabled)} enabled")
+    for spec in registry.models:
+        state = "enabled " if spec.enabled else "disabled"
+        print(f"  {state} {spec.key:<20} family={spec.family:<12} routes={','.join(spec.routes)} "
+              f"source={spec.source}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from tsfmd.logs import setup_logging
+    from tsfmd.server import Daemon
+
+    setup_logging(args.log_level)
+    path = args.config or default_config()
+    daemon = Daemon(path)
+    daemon.install_signal_handlers()
+    try:
+        daemon.start()
+    except RegistryError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    except OSError as exc:  # e.g. the port is taken
+        log.error("cannot start: %s", exc)
+        return 3
+    daemon.run_until_stopped()
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The table of model families: registry `family:` name -> the class that serves it.
+
+Entries are "module:Class" strings so that a family's heavy imports (chronos, transformers
+model code) happen only when a registry actually uses it. Add a family by adding a line.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Dict, Type
+
+from tsfmd.families.base import Family
+
+_FAMILIES: Dict[str, str] = {
+    "fracast": "tsfmd.families.fracast:FracastFamily",
+}
+
+
+def register_family(name: str, target: str) -> None:
+    """Make `family: name` available; `target` is "package.module:ClassName"."""
+    _FAMILIES[name] = target
+
+
+def family_names() -> list:
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> Type[Family]:
+    """Import and return the class for `name` (KeyError for an unknown family)."""
+    module_name, _, class_name = _FAMILIES[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

@@ -1,0 +1,121 @@
+"""The model-family interface: what every family of forecasting model offers tsfmd.
+
+A family object owns one loaded model. Everything that crosses this interface is plain
+data (numpy arrays, numbers, strings, dataclasses of those), never a Flask object or a
+global, so a family can later run in a worker process with its own environment, or behind
+a distributed serving engine, without changing.
+
+To add a family: subclass `Family`, implement `load`, `capabilities` and `forecast`, and
+name it in `tsfmd/families/__init__.py`. `tsfmd/families/fracast.py` is the shortest example.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the text says why in words an operator can act on."""
+
+
+class UnsupportedInput(ValueError):
+    """The request asks for something this model cannot do (answered as HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What a family needs to load one model: plain values from the registry entry."""
+
+    key: str
+    source: str  # local directory, hub id, or a family-specific word such as "bundled"
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" (already resolved from "auto")
+    dtype: str = "auto"  # "auto" lets the family pick its best default for the device
+    context_limit: Optional[int] = None  # registry cap on context kept; None = model's own
+    horizon_limit: Optional[int] = None  # registry cap on next_len; None = model's own
+    cache_dir: Optional[str] = None  # where hub downloads go (the server's state dir)
+    options: Mapping[str, Any] = field(default_factory=dict)  # family-specific settings
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loaded model can do; reported by /v1/models and enforced by request checks."""
+
+    context_limit: int  # longest history used; longer input keeps the most recent points
+    horizon_limit: int  # longest next_len accepted
+    min_context: int = 1  # shortest history the model accepts
+    quantile_levels: tuple = ()  # native quantile levels, empty when the model has none
+    past_covariates: bool = False  # accepts past-only covariates (past_dynamic_real)
+    future_covariates: bool = False  # accepts known-future covariates (dynamic_real)
+    point_forecast: str = "median"  # "median" or "mean": what `output` is for this model
+
+    @property
+    def intervals(self) -> bool:
+        return len(self.quantile_levels) > 0
+
+
+@dataclass
+class SeriesInput:
+    """One series to forecast: its history and, where allowed, its covariates.
+
+    `past_covariates` has shape [k, len(values)]; `future_covariates` has shape
+    [m, len(values) + horizon] (known for the history and the forecast window).
+    """
+
+    values: np.ndarray
+    past_covariates: Optional[np.ndarray] = None
+    future_covariates: Optional[np.ndarray] = None
+
+
+@dataclass
+class Forecast:
+    """A family's answer for a batch of B series and horizon H.
+
+    `point` is [B, H]: the model's point forecast (median or mean, see Capabilities).
+    `quantiles` is [B, H, Q] at `Capabilities.quantile_levels`, or None.
+    """
+
+    point: np.ndarray
+    quantiles: Optional[np.ndarray] = None
+
+
+class Family(abc.ABC):
+    """One loaded model of one family. Create it with `load`, then call `forecast`."""
+
+    #: the registry's `family:` name
+    name: str = ""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, spec: LoadSpec) -> "Family":
+        """Load the model described by `spec`; raise ModelLoadError with a clear reason."""
+
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """Limits and features of the loaded model."""
+
+    @abc.abstractmethod
+    def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
+        """Forecast `horizon` steps for every series in `batch`.
+
+        Series may have different lengths; each is at least `min_context` and at most
+        `context_limit` long and finite (tsfmd checks before calling). The answer for a
+        series must not depend on the other series in the batch.
+        """
+
+    def warm_up(self) -> None:
+        """Run one small forecast so the first real request is not slow."""
+        caps = self.capabilities()
+        length = max(caps.min_context, min(64, caps.context_limit))
+        values = np.sin(np.arange(length, dtype=np.float32) / 4.0)
+        self.forecast([SeriesInput(values=values)], min(8, caps.horizon_limit))
+
+    def close(self) -> None:
+        """Release what the model holds (GPU memory, worker processes)."""
+
+
+def resolve_limit(configured: Optional[int], native: int) -> int:
+    """The registry may tighten a model's own limit, never widen it."""
+    return native if configured is None else min(int(configured), int(native))

@@ -1,0 +1,74 @@
+"""fracast: a compact forecasting model whose pretrained weights ship inside its wheel.
+
+It is tsfmd's embedded default (`source: bundled`), so a machine with no network still
+serves real forecasts. The package gives 9 quantiles (0.1 .. 0.9), a native 48-step block
+that it extends by feeding its median back, and treats NaN as "not observed"; tsfmd uses
+that to batch series of different lengths: shorter ones are left-padded with NaN, which
+gives exactly the numbers of the series alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tsfmd.families.base import (
+    Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
+)
+from tsfmd.sources import resolve_model_dir
+
+#: fracast refuses series with fewer finite points than this
+MIN_CONTEXT = 8
+#: native blocks are chained for longer horizons; past this the median feedback drifts
+MAX_HORIZON = 1024
+_WEIGHT_FILES = {"fp32": "model.safetensors", "w8": "model.int8.safetensors"}
+
+
+class FracastFamily(Family):
+    name = "fracast"
+
+    def __init__(self, model, caps: Capabilities):
+        self._model = model
+        self._caps = caps
+
+    @classmethod
+    def load(cls, spec: LoadSpec) -> "FracastFamily":
+        try:
+            from fracast import FracastModel
+        except ImportError as exc:
+            raise ModelLoadError("the fracast package is not installed (pip install fracast)") from exc
+        weights = str(spec.options.get("weights", "fp32"))
+        if weights not in _WEIGHT_FILES:
+            raise ModelLoadError(f"options.weights must be fp32 or w8, got {weights!r}")
+        if spec.dtype not in ("auto", "float32"):
+            raise ModelLoadError(f"fracast runs in float32 only, not {spec.dtype}")
+        if spec.source == "bundled":
+            source = None  # the weights inside the installed wheel
+        else:
+            required = ("config.json", _WEIGHT_FILES[weights])
+            source = str(resolve_model_dir(spec.source, spec.cache_dir, required=required))
+        try:
+            model = FracastModel.from_pretrained(source, weights=weights, device=spec.device)
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            where = "the bundled weights" if source is None else Path(source)
+            raise ModelLoadError(f"cannot load fracast from {where}: {exc}") from exc
+        caps = Capabilities(
+            context_limit=resolve_limit(spec.context_limit, model.context_length),
+            horizon_limit=resolve_limit(spec.horizon_limit, MAX_HORIZON),
+            min_context=MIN_CONTEXT,
+            quantile_levels=tuple(model.quantiles),
+        )
+        return cls(model, caps)
+
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
+        longest = max(len(s.values) for s in batch)
+        rows = np.full((len(batch), longest), np.nan, dtype=np.float32)
+        for i, series in enumerate(batch):
+            rows[i, longest - len(series.values):] = series.values
+        quantiles = self._model.forecast_batch(rows, horizon=int(horizon)).astype(np.float64)
+        median = quantiles[..., self._model.quantiles.index(0.5)]
+        return Forecast(point=median, quantiles=quantiles)

@@ -1,0 +1,391 @@
+"""The YAML registry: which models tsfmd serves, where, and how.
+
+`load_registry(path)` returns a `Registry` or raises `RegistryError` listing every problem,
+each naming the file, the entry and the field. Nothing here imports torch or a model family
+so that `tsfmd check` stays fast and works offline.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+from tsfmd.families import family_names
+
+#: the paths tsfmd answers itself; a model route may not take them
+RESERVED_ROUTES = ("/healthz", "/readyz", "/v1", "/metrics")
+_ROUTE = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_CONFIG = "/etc/tsfmd/tsfmd.yaml"
+
+
+class RegistryError(ValueError):
+    """A registry that cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, path: str, problems: List[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems))
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """How one model gathers concurrent requests into one forward pass."""
+
+    enabled: bool = True
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    queue_size: int = 256
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """How the TDgpt adapter generated for this model talks to tsfmd."""
+
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One `models:` entry, validated; equal specs mean "unchanged" on reload."""
+
+    key: str
+    family: str
+    source: str
+    route: str
+    aliases: Tuple[str, ...] = ()
+    device: str = "auto"
+    dtype: str = "auto"
+    context_limit: Optional[int] = None
+    horizon_limit: Optional[int] = None
+    enabled: bool = True
+    description: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)
+
+    @property
+    def routes(self) -> Tuple[str, ...]:
+        return (self.route,) + tuple(self.aliases)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 5001
+    threads: int = 8
+    max_request_bytes: int = 16 * 1024 * 1024
+    state_dir: Optional[str] = None
+    torch_threads: Optional[int] = None
+
+    def resolved_state_dir(self) -> str:
+        """Where downloaded model files go: the registry, systemd's StateDirectory, or ~/.cache."""
+        if self.state_dir:
+            return self.state_dir
+        from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if from_systemd:
+            return from_systemd
+        return str(Path.home() / ".cache" / "tsfmd")
+
+
+@dataclass(frozen=True)
+class Registry:
+    path: str
+    server: ServerSettings
+    models: Tuple[ModelSpec, ...]
+    warnings: Tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> Tuple[ModelSpec, ...]:
+        return tuple(m for m in self.models if m.enabled)
+
+    def model(self, key: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.key == key:
+                return spec
+        raise KeyError(key)
+
+
+# ---------------------------------------------------------------------------------------
+# YAML loading: PyYAML silently keeps the last of two equal keys; a registry must not.
+
+
+class _StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"duplicate key {key!r} (first at line {seen[key] + 1}, again at line "
+                f"{key_node.start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def load_registry(path: str) -> Registry:
+    """Read and validate the registry at `path`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(path, [f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    return parse_registry(text, path)
+
+
+def parse_registry(text: str, path: str = "<string>") -> Registry:
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        raise RegistryError(path, [f"{path}: not valid YAML: {_yaml_problem(exc)}"]) from exc
+    return _Validator(path).registry(document)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{problem}{where}"
+
+
+# ---------------------------------------------------------------------------------------
+# Validation: collect every problem instead of stopping at the first one.
+
+_SERVER_FIELDS = {"host", "port", "threads", "max_request_bytes", "state_dir", "torch_threads"}
+_MODEL_FIELDS = {
+    "family", "source", "route", "aliases", "device", "dtype", "context_limit",
+    "horizon_limit", "enabled", "description", "options", "batching", "adapter",
+}
+_BATCHING_FIELDS = {"enabled", "max_batch", "max_wait_ms", "queue_size", "timeout_s"}
+_ADAPTER_FIELDS = {"connect_timeout_s", "read_timeout_s"}
+
+
+class _Validator:
+    def __init__(self, path: str):
+        self.path = path
+        self.problems: List[str] = []
+        self.warnings: List[str] = []
+
+    def problem(self, where: str, text: str) -> None:
+        self.problems.append(f"{self.path}: {where}: {text}")
+
+    def registry(self, document: Any) -> Registry:
+        if document is None:
+            document = {}
+        if not isinstance(document, dict):
+            self.problem("top level", "must be a mapping with `server:` and `models:`")
+            raise RegistryError(self.path, self.problems)
+        self._unknown(document, {"server", "models"}, "top level")
+        server = self.server(document.get("server") or {})
+        models = self.models(document.get("models"))
+        if self.problems:
+            raise RegistryError(self.path, self.problems)
+        return Registry(self.path, server, tuple(models), tuple(self.warnings))
+
+    def _unknown(self, mapping: dict, known: set, where: str) -> None:
+        for name in mapping:
+            if name not in known:
+                self.problem(where, f"unknown field {name!r} (known: {', '.join(sorted(known))})")
+
+    # -- typed field readers; each returns the default after recording a problem -------
+
+    def _int(self, mapping, name, where, default, low=None, high=None):
+        if name not in mapping or mapping[name] is None:
+            return default
+        value = mapping[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(f"{where}.{name}", f"must be an integer, got {value!r}")
+            return default
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            self.problem(f"{where}.{name}", f"must be {bounds}, got {value}")
+            return default
+        return value
+
+    def _number(self, mapping, name, where, default, low=0.0):
+        if name not in mapping or mapping[name] is None:
+            return default
+        value = mapping[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+            self.problem(f"{where}.{name}", f"must be a number >= {low}, got {value!r}")
+            return default
+        return float(value)
+
+    def _bool(self, mapping, name, where, default):
+        value = mapping.get(name, default)
+        if not isinstance(value, bool):
+            self.problem(f"{where}.{name}", f"must be true or false, got {value!r}")
+            return default
+        return value
+
+    def _str(self, mapping, name, where, default):
+        value = mapping.get(name, default)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.problem(f"{where}.{name}", f"must be a string, got {value!r}")
+            return default
+        return value
+
+    # -- sections -----------------------------------------------------------------------
+
+    def server(self, section: Any) -> ServerSettings:
+        if not isinstance(section, dict):
+            self.problem("server", "must be a mapping")
+            return ServerSettings()
+        self._unknown(section, _SERVER_FIELDS, "server")
+        d = ServerSettings()
+        host = self._str(section, "host", "server", d.host)
+        if not host.strip():
+            self.problem("server.host", "must not be empty")
+        return ServerSettings(
+            host=host,
+            port=self._int(section, "port", "server", d.port, 1, 65535),
+            threads=self._int(section, "threads", "server", d.threads, 1, 1024),
+            max_request_bytes=self._int(
+                section, "max_request_bytes", "server", d.max_request_bytes, 1024
+            ),
+            state_dir=self._str(section, "state_dir", "server", d.state_dir),
+            torch_threads=self._int(section, "torch_threads", "server", None, 1, 1024),
+        )
+
+    def models(self, section: Any) -> List[ModelSpec]:
+        if section is None:
+            self.problem("models", "missing: list the models to serve under `models:`")
+            return []
+        if not isinstance(section, dict):
+            self.problem("models", "must be a mapping of algo name -> model entry")
+            return []
+        specs = [self.model(str(key), entry) for key, entry in section.items()]
+        specs = [s for s in specs if s is not None]
+        self._routes_unique(specs)
+        return specs
+
+    def model(self, key: str, entry: Any) -> Optional[ModelSpec]:
+        where = f"models.{key}"
+        if not _KEY.match(key):
+            self.problem(where, "the key must be letters, digits, '-', '_' or '.'")
+        elif key != key.lower():
+            self.warnings.append(
+                f"{self.path}: {where}: TDgpt lower-cases algo names, so SQL can reach this "
+                f"model only as {key.lower()!r}; rename the key to lower case"
+            )
+        if not isinstance(entry, dict):
+            self.problem(where, "must be a mapping with at least `family` and `source`")
+            return None
+        self._unknown(entry, _MODEL_FIELDS, where)
+        family = self._str(entry, "family", where, "")
+        if not family:
+            self.problem(f"{where}.family", "missing")
+        elif family not in family_names():
+            self.problem(
+                f"{where}.family", f"unknown family {family!r} (known: {', '.join(family_names())})"
+            )
+        source = self._str(entry, "source", where, "")
+        if not source.strip():
+            self.problem(f"{where}.source", "missing: a local directory or a hub id")
+        route = self._route(entry.get("route", f"/{key}"), f"{where}.route")
+        aliases = entry.get("aliases") or []
+        if not isinstance(aliases, list):
+            self.problem(f"{where}.aliases", "must be a list of routes")
+            aliases = []
+        aliases = tuple(self._route(a, f"{where}.aliases") for a in aliases)
+        device = self._str(entry, "device", where, "auto")
+        if not _DEVICE.match(device):
+            self.problem(f"{where}.device", f"must be cpu, cuda, cuda:N or auto, got {device!r}")
+        dtype = self._str(entry, "dtype", where, "auto")
+        if dtype not in DTYPES:
+            self.problem(f"{where}.dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        options = entry.get("options") or {}
+        if not isinstance(options, dict):
+            self.problem(f"{where}.options", "must be a mapping")
+            options = {}
+        return ModelSpec(
+            key=key,
+            family=family,
+            source=source,
+            route=route,
+            aliases=aliases,
+            device=device,
+            dtype=dtype,
+            context_limit=self._int(entry, "context_limit", where, None, 1),
+            horizon_limit=self._int(entry, "horizon_limit", where, None, 1),
+            enabled=self._bool(entry, "enabled", where, True),
+            description=self._str(entry, "description", where, ""),
+            options=dict(options),
+            batching=self.batching(entry.get("batching"), f"{where}.batching"),
+            adapter=self.adapter(entry.get("adapter"), f"{where}.adapter"),
+        )
+
+    def batching(self, section: Any, where: str) -> BatchingSettings:
+        d = BatchingSettings()
+        if section is None:
+            return d
+        if not isinstance(section, dict):
+            self.problem(where, "must be a mapping")
+            return d
+        self._unknown(section, _BATCHING_FIELDS, where)
+        return BatchingSettings(
+            enabled=self._bool(section, "enabled", where, d.enabled),
+            max_batch=self._int(section, "max_batch", where, d.max_batch, 1, 4096),
+            max_wait_ms=self._number(section, "max_wait_ms", where, d.max_wait_ms),
+            queue_size=self._int(section, "queue_size", where, d.queue_size, 1),
+            timeout_s=self._number(section, "timeout_s", where, d.timeout_s, 0.001),
+        )
+
+    def adapter(self, section: Any, where: str) -> AdapterSettings:
+        d = AdapterSettings()
+        if section is None:
+            return d
+        if not isinstance(section, dict):
+            self.problem(where, "must be a mapping")
+            return d
+        self._unknown(section, _ADAPTER_FIELDS, where)
+        return AdapterSettings(
+            connect_timeout_s=self._number(
+                section, "connect_timeout_s", where, d.connect_timeout_s, 0.001
+            ),
+            read_timeout_s=self._number(section, "read_timeout_s", where, d.read_timeout_s, 0.001),
+        )
+
+    def _route(self, route: Any, where: str) -> str:
+        if not isinstance(route, str) or not _ROUTE.match(route) or "//" in route:
+            self.problem(where, f"must be a path like /name, got {route!r}")
+            return str(route)
+        route = route.rstrip("/") or "/"
+        if route == "/" or any(route == r or route.startswith(r + "/") for r in RESERVED_ROUTES):
+            self.problem(where, f"{route} is reserved for tsfmd itself")
+        return route
+
+    def _routes_unique(self, specs: List[ModelSpec]) -> None:
+        owner: Dict[str, str] = {}
+        for spec in specs:
+            if not spec.enabled:
+                continue
+            for route in spec.routes:
+                if route in owner and owner[route] != spec.key:
+                    self.problem(
+                        f"models.{spec.key}.route",
+                        f"route {route} is already served by models.{owner[route]}",
+                    )
+                elif route in owner:
+                    self.problem(f"models.{spec.key}.aliases", f"route {route} is listed twice")
+                owner.setdefault(route, spec.key)

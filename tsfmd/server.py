@@ -1,0 +1,278 @@
+"""The daemon's lifecycle: bind, load, serve, reload on SIGHUP, drain and stop on SIGTERM.
+
+`Daemon` owns the waitress server (created programmatically so tsfmd decides when it starts
+and stops), the current registry, and the models. Signals only set flags; the main thread
+does the work, so a reload or a stop never runs inside a signal handler.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Optional
+
+import waitress
+from waitress.server import BaseWSGIServer
+
+from tsfmd.app import create_app
+from tsfmd.notify import Notifier, watchdog_interval
+from tsfmd.registry import Registry, RegistryError, load_registry
+from tsfmd.runtime import Models
+
+log = logging.getLogger("tsfmd.server")
+
+#: how long a stop waits for requests in flight before it exits anyway
+DRAIN_SECONDS = 30.0
+
+
+class InFlight:
+    """WSGI middleware counting requests from arrival until their body is handed over."""
+
+    def __init__(self, app):
+        self.app = app
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        with self._lock:
+            self.count += 1
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            self._done()
+            raise
+        return _ClosingIterable(body, self._done)
+
+    def _done(self):
+        with self._lock:
+            self.count -= 1
+
+
+class _ClosingIterable:
+    def __init__(self, body, on_close):
+        self.body, self.on_close = body, on_close
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        try:
+            if hasattr(self.body, "close"):
+                self.body.close()
+        finally:
+            self.on_close()
+
+
+class Daemon:
+    def __init__(self, config_path: str, notifier: Optional[Notifier] = None):
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.registry: Optional[Registry] = None
+        self.models: Optional[Models] = None
+        self.server = None
+        self.inflight: Optional[InFlight] = None
+        self.reloads = {"succeeded": 0, "failed": 0, "last_successful": True, "last_error": ""}
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._server_thread: Optional[threading.Thread] = None
+
+    # -- start ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Validate the registry, listen, load every model; READY=1 when all are settled."""
+        self.registry = load_registry(self.config_path)  # RegistryError: refuse to start
+        for warning in self.registry.warnings:
+            log.warning("%s", warning)
+        settings = self.registry.server
+        _set_torch_threads(settings.torch_threads)
+        self.models = Models(settings.resolved_state_dir())
+        app = create_app(self.models, settings.max_request_bytes, self.status)
+        self.inflight = InFlight(app.wsgi_app)
+        app.wsgi_app = self.inflight
+        self.server = waitress.create_server(
+            app,
+            host=settings.host,
+            port=settings.port,
+            threads=settings.threads,
+            # waitress's own cap sits above Flask's so the JSON 413 answers first
+            max_request_body_size=settings.max_request_bytes + 65536,
+            ident="tsfmd",
+            clear_untrusted_proxy_headers=True,
+        )
+        self._server_thread = threading.Thread(
+            target=self.server.run, name="waitress", daemon=True
+        )
+        self._server_thread.start()
+        log.info("listening on %s with registry %s (%d models enabled)", self.address,
+                 self.config_path, len(self.registry.enabled))
+        self._start_watchdog()
+        self.models.apply(self.registry.enabled, self._loading_progress)
+        self.notifier.ready(self.models.table.summary())
+        log.info("ready: %s", self.models.table.summary())
+
+    @property
+    def address(self) -> str:
+        host = getattr(self.server, "effective_host", self.registry.server.host)
+        port = getattr(self.server, "effective_port", self.registry.server.port)
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}"
+
+    def _loading_progress(self, text: str) -> None:
+        # Long loads (big checkpoints, first download) must not trip systemd's start timeout.
+        self.notifier.extend_timeout(30.0, text)
+
+    # -- the main loop -----------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+
+    def run_until_stopped(self) -> None:
+        while not self._stop.is_set():
+            if self._reload.wait(timeout=0.5):
+                self._reload.clear()
+                if not self._stop.is_set():
+                    self.reload()
+        self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    # -- reload ------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the registry; a bad one is refused and the current models keep serving."""
+        self.notifier.reloading(time.monotonic_ns() // 1000)
+        log.info("reloading registry %s", self.config_path)
+        try:
+            registry = load_registry(self.config_path)
+        except RegistryError as exc:
+            self.reloads["failed"] += 1
+            self.reloads["last_successful"] = False
+            self.reloads["last_error"] = "; ".join(exc.problems)
+            log.error("reload refused, still serving the previous registry: %s",
+                      self.reloads["last_error"])
+            self.notifier.ready(
+                f"reload failed ({len(exc.problems)} problem(s): {exc.problems[0]}); "
+                f"{self.models.table.summary()} from the previous registry"
+            )
+            return False
+        for warning in registry.warnings:
+            log.warning("%s", warning)
+        if registry.server != self.registry.server:
+            log.warning("reload: server settings changed; they take effect at the next restart")
+        self.models.apply(registry.enabled, self._loading_progress)
+        self.registry = registry
+        self.reloads["succeeded"] += 1
+        self.reloads["last_successful"] = True
+        self.reloads["last_error"] = ""
+        self.notifier.ready(self.models.table.summary())
+        log.info("reload done: %s", self.models.table.summary())
+        return True
+
+    def status(self) -> dict:
+        """What /v1/status reports about the daemon itself."""
+        return {
+            "pid": os.getpid(),
+            "registry": self.config_path,
+            "summary": self.models.table.summary() if self.models else "starting",
+            "reloads": dict(self.reloads),
+            "in_flight": self.inflight.count if self.inflight else 0,
+        }
+
+    # -- stop --------------------------------------------------------------------------
+
+    def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
+        """Stop accepting, let requests in flight finish (bounded), release the models."""
+        self.notifier.stopping()
+        log.info("stopping: no new connections; waiting for %d request(s) in flight",
+                 self.inflight.count if self.inflight else 0)
+        if self.server is not None:
+            self._close_listeners()
+            deadline = time.monotonic() + drain_seconds
+            while time.monotonic() < deadline and not self._drained():
+                time.sleep(0.05)
+            if not self._drained():
+                log.warning("stopping with %d request(s) still in flight after %.0fs",
+                            self.inflight.count, drain_seconds)
+        if self.models is not None:
+            self.models.close()
+        log.info("stopped")
+
+    def _listeners(self):
+        server_map = getattr(self.server, "_map", None) or getattr(self.server, "map", {})
+        return [d for d in list(server_map.values()) if isinstance(d, BaseWSGIServer)]
+
+    def _close_listeners(self) -> None:
+        listeners = self._listeners()
+        if not listeners:
+            return
+        done = threading.Event()
+
+        def close_in_loop():
+            for listener in listeners:
+                listener.accepting = False
+                listener.del_channel()
+                listener.socket.close()
+            done.set()
+
+        # asyncore's map belongs to the loop thread: ask it to close the sockets itself.
+        listeners[0].trigger.pull_trigger(close_in_loop)
+        done.wait(timeout=5.0)
+
+    def _drained(self) -> bool:
+        if self.inflight.count:
+            return False
+        server_map = getattr(self.server, "_map", None) or getattr(self.server, "map", {})
+        # A finished request may still have bytes queued for the socket.
+        return all(
+            not getattr(ch, "requests", None) and not getattr(ch, "total_outbufs_len", 0)
+            for ch in list(server_map.values())
+        )
+
+    def _start_watchdog(self) -> None:
+        interval = watchdog_interval()
+        if interval <= 0:
+            return
+        threading.Thread(
+            target=self._watchdog_loop, args=(interval,), name="watchdog", daemon=True
+        ).start()
+        log.info("watchdog: pinging systemd every %.1fs while the server answers", interval)
+
+    def _watchdog_loop(self, interval: float) -> None:
+        import requests
+
+        url = self._self_url("/healthz")
+        while not self._stop.is_set():
+            try:
+                # Ping only while the HTTP server really answers: a wedged server is restarted.
+                if requests.get(url, timeout=max(1.0, interval / 2)).status_code == 200:
+                    self.notifier.watchdog()
+            except requests.RequestException as exc:
+                log.warning("watchdog: the server did not answer %s: %s", url, exc)
+            self._stop.wait(interval)
+
+    def _self_url(self, path: str) -> str:
+        host = str(getattr(self.server, "effective_host", "127.0.0.1"))
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.server.effective_port}{path}"
+
+
+def _set_torch_threads(configured: Optional[int]) -> None:
+    """Intra-op threads = the cores this process may use, once, unless the registry says."""
+    import torch
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = configured or max(1, usable or 1)
+    torch.set_num_threads(threads)
+    log.info("torch intra-op threads: %d%s", threads, " (server.torch_threads)" if configured else "")
