@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a registry offline (like nginx -t)")
     check.add_argument("--config", default=None, help="registry file to check")
     check.set_defaults(handler=cmd_check)
+
+    # Sub-commands owned by other modules register themselves here, one line each.
     return parser
 
 
