@@ -80,18 +80,23 @@ class RunningTsfmd:
         self.daemon.stop(drain_seconds=5.0)
 
 
+def start_tsfmd(directory: Path, models: str, extra_server: str = "") -> RunningTsfmd:
+    """Write a registry into `directory` and start a real tsfmd on a free loopback port."""
+    port = free_port()
+    config = Path(directory) / f"tsfmd-{port}.yaml"
+    config.write_text(registry_yaml(models, port, extra_server))
+    return RunningTsfmd(config, port).start()
+
+
 @pytest.fixture
 def tsfmd_server(tmp_path):
     """Factory: `tsfmd_server(models_yaml)` starts a real tsfmd serving those models."""
     started = []
 
     def start(models: str, extra_server: str = "") -> RunningTsfmd:
-        port = free_port()
-        config = tmp_path / f"tsfmd-{port}.yaml"
-        config.write_text(registry_yaml(models, port, extra_server))
-        server = RunningTsfmd(config, port)
+        server = start_tsfmd(tmp_path, models, extra_server)
         started.append(server)
-        return server.start()
+        return server
 
     yield start
     for server in started:
