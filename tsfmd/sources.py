@@ -43,6 +43,7 @@ def _from_hub(source, cache_dir, required, allow_patterns) -> Path:
         raise ModelLoadError(f"weights not found for {source}: huggingface_hub missing") from exc
     hub_cache = str(Path(cache_dir) / "hub") if cache_dir else None
     offline = hub_offline()
+    where = hub_cache or "the default Hugging Face cache"
     try:
         # The cache first, always: a machine that downloaded once needs no network again.
         path = snapshot_download(
@@ -51,7 +52,6 @@ def _from_hub(source, cache_dir, required, allow_patterns) -> Path:
         )
     except Exception as cached_miss:  # huggingface_hub raises several error types here
         if offline:
-            where = hub_cache or "the default Hugging Face cache"
             raise ModelLoadError(
                 f"weights not found for {source}: not in {where} and HF_HUB_OFFLINE is set"
             ) from cached_miss
@@ -61,8 +61,8 @@ def _from_hub(source, cache_dir, required, allow_patterns) -> Path:
             )
         except Exception as exc:
             raise ModelLoadError(
-                f"weights not found for {source}: download failed ({type(exc).__name__}: "
-                f"{_first_line(exc)})"
+                f"weights not found for {source}: not in {where}, and the download failed "
+                f"({type(exc).__name__}: {_first_line(exc)})"
             ) from exc
     directory = Path(path)
     _require(directory, required, source)
