@@ -114,7 +114,9 @@ def create_app(
         caps = handle.ready_capabilities()
         forecast_request = parse_request(_json_body(), caps, handle.key)
         try:
-            forecast = handle.submit(forecast_request)
+            # waitress's hang-up probe (see server.py, channel_request_lookahead)
+            gone = request.environ.get("waitress.client_disconnected")
+            forecast = handle.submit(forecast_request, gone)
         except UnsupportedInput as exc:
             raise RequestError(400, f"model {handle.key}: {exc}") from exc
         return json_response(success_reply(forecast_request, forecast, 0, caps))

@@ -89,9 +89,12 @@ class ModelHandle:
             raise RequestError(503, f"model {self.key} is not available: {self.reason}")
         return self.caps
 
-    def submit(self, request: ForecastRequest) -> Forecast:
-        """Run one request through the model's executor (batched or serial)."""
-        return self.executor.submit(request)
+    def submit(
+        self, request: ForecastRequest, disconnected: Optional[Callable[[], bool]] = None
+    ) -> Forecast:
+        """Run one request through the model's executor (batched or serial); `disconnected`
+        says whether the client hung up, so a request nobody waits for is not run."""
+        return self.executor.submit(request, disconnected)
 
     def describe(self) -> dict:
         caps = self.caps

@@ -1,0 +1,351 @@
+"""Dynamic batching: concurrent requests for one model share one forward pass.
+
+Each batched model has a bounded queue and one inference worker thread. The worker takes
+the oldest waiting request, waits until `max_batch` requests wait or the oldest has waited
+`max_wait_ms`, and runs them as ONE `family.forecast(series, longest horizon)` call under
+`torch.inference_mode()`. Every caller gets its own batch-of-1 `Forecast`, cut to its
+horizon. One worker per model means one forward pass at a time per model: on a small CPU
+concurrent requests queue instead of fighting over the cores.
+
+Overload is answered, never absorbed:
+  * queue full                   -> 503 with Retry-After, at once;
+  * still queued at `timeout_s`  -> 503 with Retry-After (it never ran; the model is busy);
+  * its batch still running then -> 504 (the forecast itself is slower than `timeout_s`).
+A request whose deadline passed, or whose client hung up, is dropped before its batch runs.
+Under waitress a hang-up is visible only while the channel stays readable, which the
+daemon turns on with `channel_request_lookahead`; a client that vanishes while its batch
+runs still costs its slot in that batch (a forward pass cannot drop a row half-way).
+
+If a batch raises, its members are retried one by one, so one bad series fails only its
+own request. A family may define `horizon_group(horizon)`: requests whose horizons map to
+different groups never share a forward pass (for models whose first h steps depend on the
+total horizon asked for, e.g. a decoder that picks its output head by the steps left).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from tsfmd.families.base import Family, Forecast, SeriesInput
+from tsfmd.protocol import RequestError
+
+log = logging.getLogger("tsfmd.batching")
+
+#: how often a waiting caller looks whether its client hung up
+_DISCONNECT_POLL_S = 0.25
+#: smoothing of the measured time per forecast that Retry-After is estimated from
+_EWMA = 0.2
+
+
+class ClientGone(RequestError):
+    """The caller hung up before its forecast ran; nobody reads this answer."""
+
+    def __init__(self, model: str):
+        super().__init__(499, f"model {model}: the client closed the connection; request dropped")
+
+
+@dataclass(eq=False)
+class Job:
+    """One caller's request while it waits for, or rides in, a batch."""
+
+    series: SeriesInput
+    horizon: int
+    enqueued: float
+    deadline: float
+    disconnected: Optional[Callable[[], bool]] = None
+    state: str = "queued"  # queued -> running -> done, or queued -> done (dropped)
+    result: Optional[Forecast] = None
+    error: Optional[BaseException] = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def finish(self, result: Optional[Forecast] = None, error: Optional[BaseException] = None):
+        """Hand over the answer; the first answer wins (call under the executor's lock)."""
+        if self.done.is_set():
+            return
+        self.result, self.error, self.state = result, error, "done"
+        self.done.set()
+
+    def client_gone(self) -> bool:
+        try:
+            return bool(self.disconnected and self.disconnected())
+        except Exception:  # a broken probe must not break serving
+            return False
+
+
+class Stats:
+    """Counters for /v1/models; written by the worker and callers under the queue lock."""
+
+    def __init__(self):
+        self.forecasts = 0
+        self.batches = 0
+        self.largest_batch = 0
+        self.rejected_full = 0
+        self.timed_out = 0
+        self.client_gone = 0
+        self.dropped = 0  # expired or hung up before their batch ran: no compute spent
+        self.failed_batches = 0
+        self.seconds_per_forecast = 0.0  # smoothed, for Retry-After
+
+    def record_batch(self, size: int, seconds: float) -> None:
+        self.batches += 1
+        self.forecasts += size
+        self.largest_batch = max(self.largest_batch, size)
+        per = seconds / max(1, size)
+        old = self.seconds_per_forecast
+        self.seconds_per_forecast = per if old == 0.0 else (1 - _EWMA) * old + _EWMA * per
+
+    def as_dict(self) -> dict:
+        return {
+            "forecasts": self.forecasts,
+            "batches": self.batches,
+            "mean_batch": round(self.forecasts / self.batches, 2) if self.batches else 0.0,
+            "largest_batch": self.largest_batch,
+            "rejected_queue_full": self.rejected_full,
+            "timed_out": self.timed_out,
+            "client_gone": self.client_gone,
+            "dropped_before_run": self.dropped,
+            "failed_batches": self.failed_batches,
+        }
+
+
+def cut(forecast: Forecast, row: int, horizon: int) -> Forecast:
+    """Row `row` of a batched forecast as a batch of 1, cut to `horizon` steps."""
+    point = np.array(forecast.point[row:row + 1, :horizon])
+    quantiles = None
+    if forecast.quantiles is not None:
+        quantiles = np.array(forecast.quantiles[row:row + 1, :horizon])
+    return Forecast(point=point, quantiles=quantiles)
+
+
+class BatchingExecutor:
+    """A bounded queue and one worker thread that runs waiting requests as one batch."""
+
+    def __init__(self, model: Family, settings, key: str):
+        self.model = model
+        self.key = key
+        self.max_batch = int(settings.max_batch)
+        self.max_wait_s = float(settings.max_wait_ms) / 1000.0
+        self.queue_size = int(settings.queue_size)
+        self.timeout_s = float(settings.timeout_s)
+        self.stats = Stats()
+        self._queue: Deque[Job] = collections.deque()
+        self._running = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._group = getattr(model, "horizon_group", None)
+        self._worker = threading.Thread(target=self._work, name=f"batch-{key}", daemon=True)
+        self._worker.start()
+
+    # -- the caller's side ---------------------------------------------------------------
+
+    def submit(self, request, disconnected: Optional[Callable[[], bool]] = None) -> Forecast:
+        """Queue `request`, wait for its batch, return its own Forecast (batch of 1)."""
+        now = time.monotonic()
+        job = Job(request.series, int(request.horizon), now, now + self.timeout_s, disconnected)
+        with self._cond:
+            if self._closing:
+                raise RequestError(503, f"model {self.key} is shutting down", {"Retry-After": "5"})
+            if len(self._queue) >= self.queue_size:
+                self.stats.rejected_full += 1
+                raise RequestError(
+                    503,
+                    f"model {self.key} is busy: {len(self._queue)} requests already wait "
+                    f"(batching.queue_size {self.queue_size}); retry later",
+                    {"Retry-After": self._retry_after()},
+                )
+            self._queue.append(job)
+            self._cond.notify_all()
+        self._wait(job)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _wait(self, job: Job) -> None:
+        poll = _DISCONNECT_POLL_S if job.disconnected else None
+        while not job.done.is_set():
+            left = job.deadline - time.monotonic()
+            if left <= 0:
+                self._give_up(job, timed_out=True)
+                return
+            job.done.wait(min(left, poll) if poll else left)
+            if not job.done.is_set() and job.client_gone():
+                self._give_up(job, timed_out=False)
+                return
+
+    def _give_up(self, job: Job, timed_out: bool) -> None:
+        """The caller stops waiting: a queued job leaves the queue; a running one finishes
+        in its batch and that result is thrown away."""
+        with self._cond:
+            if job.done.is_set():
+                return  # it finished just now: answer normally
+            error = self._late_error(job) if timed_out else ClientGone(self.key)
+            if job.state == "queued":
+                self._queue.remove(job)
+            self._count_dropped(error, job.state == "queued")
+            job.finish(error=error)
+
+    def _late_error(self, job: Job) -> RequestError:
+        waited = time.monotonic() - job.enqueued
+        if job.state == "running":
+            return RequestError(
+                504,
+                f"model {self.key}: the forecast did not finish within batching.timeout_s "
+                f"{self.timeout_s:g}s (waited {waited:.1f}s)",
+            )
+        return RequestError(
+            503,
+            f"model {self.key} is overloaded: the request waited {waited:.1f}s in the queue "
+            f"without starting (batching.timeout_s {self.timeout_s:g}); retry later",
+            {"Retry-After": self._retry_after()},
+        )
+
+    def _count_dropped(self, error: RequestError, before_run: bool) -> None:
+        if isinstance(error, ClientGone):
+            self.stats.client_gone += 1
+        else:
+            self.stats.timed_out += 1
+        if before_run:
+            self.stats.dropped += 1
+
+    def _retry_after(self) -> str:
+        """Seconds until the queue has likely drained, from the measured pace (at least 1)."""
+        backlog = len(self._queue) + self._running
+        return str(max(1, math.ceil(backlog * self.stats.seconds_per_forecast)))
+
+    # -- the worker's side ---------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            jobs = self._next_batch()
+            if jobs is None:
+                return
+            try:
+                self._run(jobs)
+            except BaseException as exc:  # the worker must outlive any one batch
+                log.exception("model %s: batch worker error", self.key)
+                with self._cond:
+                    for job in jobs:
+                        job.finish(error=RuntimeError(f"batch worker error: {exc}"))
+            finally:
+                with self._cond:
+                    self._running = 0
+
+    def _next_batch(self) -> Optional[List[Job]]:
+        """Block for the next batch; None once closed. May return [] (all were dropped)."""
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if self._closing:
+                return None
+            # Wait for company until the oldest request has waited max_wait: a request that
+            # queued behind a running batch has waited already and goes at once.
+            gather_until = self._queue[0].enqueued + self.max_wait_s
+            while len(self._queue) < self.max_batch and not self._closing:
+                left = gather_until - time.monotonic()
+                if left <= 0 or not self._queue:
+                    break
+                self._cond.wait(left)
+            jobs: List[Job] = []
+            now = time.monotonic()
+            while self._queue and len(jobs) < self.max_batch:
+                job = self._queue.popleft()
+                if now >= job.deadline or job.client_gone():
+                    # Its caller is giving up or has gone: spend no compute on it.
+                    error = self._late_error(job) if now >= job.deadline else ClientGone(self.key)
+                    self._count_dropped(error, before_run=True)
+                    job.finish(error=error)
+                    continue
+                job.state = "running"
+                jobs.append(job)
+            self._running = len(jobs)
+            return jobs
+
+    def _run(self, jobs: List[Job]) -> None:
+        groups: Dict[object, List[Job]] = {}
+        for job in jobs:
+            key = self._group(job.horizon) if self._group else None
+            groups.setdefault(key, []).append(job)
+        for members in groups.values():
+            self._run_group(members)
+
+    def _run_group(self, jobs: List[Job]) -> None:
+        horizon = max(j.horizon for j in jobs)
+        started = time.monotonic()
+        try:
+            with torch.inference_mode():
+                forecast = self.model.forecast([j.series for j in jobs], horizon)
+            _check_shape(forecast, len(jobs), horizon)
+        except Exception as exc:
+            if len(jobs) == 1:
+                with self._cond:
+                    jobs[0].finish(error=exc)
+                return
+            # One bad series must not fail the others: answer each on its own.
+            with self._cond:
+                self.stats.failed_batches += 1
+            log.warning("model %s: a batch of %d failed (%s: %s); retrying one by one",
+                         self.key, len(jobs), type(exc).__name__, exc)
+            for job in jobs:
+                self._run_group([job])
+            return
+        seconds = time.monotonic() - started
+        answers = [cut(forecast, row, job.horizon) for row, job in enumerate(jobs)]
+        with self._cond:
+            self.stats.record_batch(len(jobs), seconds)
+            for job, answer in zip(jobs, answers):
+                job.finish(result=answer)
+
+    # -- lifecycle and reporting ---------------------------------------------------------
+
+    def describe(self) -> dict:
+        with self._cond:
+            info = {
+                "enabled": True,
+                "max_batch": self.max_batch,
+                "max_wait_ms": self.max_wait_s * 1000.0,
+                "queue_size": self.queue_size,
+                "timeout_s": self.timeout_s,
+                "queue_depth": len(self._queue),
+                "running": self._running,
+            }
+            info.update(self.stats.as_dict())
+        return info
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking requests; the batch in flight finishes, queued ones get a 503."""
+        with self._cond:
+            self._closing = True
+            for job in self._queue:
+                job.finish(error=RequestError(
+                    503, f"model {self.key} was unloaded before this request ran; retry",
+                    {"Retry-After": "1"},
+                ))
+            self._queue.clear()
+            self._cond.notify_all()
+        if self._worker is not threading.current_thread():
+            self._worker.join(timeout)
+
+
+def _check_shape(forecast: Forecast, rows: int, horizon: int) -> None:
+    """A family bug must become a clear error, not a wrong row handed to another caller."""
+    point = np.asarray(forecast.point)
+    if point.ndim != 2 or point.shape[0] != rows or point.shape[1] < horizon:
+        raise RuntimeError(
+            f"the family returned point forecasts of shape {point.shape}, expected ({rows}, "
+            f"{horizon})"
+        )
+    if forecast.quantiles is not None:
+        q = np.asarray(forecast.quantiles)
+        if q.ndim != 3 or q.shape[0] != rows or q.shape[1] < horizon:
+            raise RuntimeError(
+                f"the family returned quantiles of shape {q.shape}, expected ({rows}, "
+                f"{horizon}, Q)"
+            )
