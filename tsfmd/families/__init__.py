@@ -12,6 +12,9 @@ from tsfmd.families.base import Family
 
 _FAMILIES: Dict[str, str] = {
     "fracast": "tsfmd.families.fracast:FracastFamily",
+    "chronos-bolt": "tsfmd.families.chronos:ChronosBoltFamily",
+    "chronos-2": "tsfmd.families.chronos:Chronos2Family",
+    "timesfm-2.5": "tsfmd.families.timesfm:TimesFm25Family",
 }
 
 

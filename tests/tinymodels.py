@@ -1,0 +1,92 @@
+"""Tiny random-weight checkpoints in the published layouts, for the family tests.
+
+Each builder makes the library's own model class from a small config that carries the
+fields the published config.json carries (for Chronos-Bolt the T5 fields such as
+`decoder_start_token_id`, plus `chronos_config` and `chronos_pipeline_class`), and writes
+it with `save_pretrained`, so tsfmd loads it through the same `from_pretrained` path as
+real weights. Only the sizes are small. Seeds are fixed so a failure can be replayed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+#: Chronos-2's published quantile grid
+CHRONOS2_QUANTILES = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(17)] + [0.95, 0.99]
+BOLT_QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def chronos_bolt(directory: Path, context_length: int = 512, prediction_length: int = 16) -> Path:
+    """A 2+2 layer Chronos-Bolt (amazon/chronos-bolt-* layout) saved under `directory`."""
+    from chronos.chronos_bolt import ChronosBoltModelForForecasting
+    from transformers import T5Config
+
+    torch.manual_seed(7)
+    config = T5Config(
+        d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2, num_heads=4,
+        vocab_size=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        feed_forward_proj="relu", dense_act_fn="relu", is_encoder_decoder=True,
+        initializer_factor=0.05, dropout_rate=0.1, layer_norm_epsilon=1e-6,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128,
+        classifier_dropout=0.0, n_positions=512,
+    )
+    config.architectures = ["ChronosBoltModelForForecasting"]
+    config.chronos_pipeline_class = "ChronosBoltPipeline"
+    config.reg_token_id = 1
+    config.chronos_config = {
+        "context_length": context_length,
+        "input_patch_size": 16,
+        "input_patch_stride": 16,
+        "prediction_length": prediction_length,
+        "quantiles": BOLT_QUANTILES,
+        "use_reg_token": True,
+    }
+    ChronosBoltModelForForecasting(config).save_pretrained(directory)
+    return Path(directory)
+
+
+def chronos2(directory: Path, context_length: int = 512, max_output_patches: int = 2) -> Path:
+    """A 2-layer Chronos-2 (amazon/chronos-2 layout) saved under `directory`."""
+    from chronos.chronos2 import Chronos2Model
+    from chronos.chronos2.config import Chronos2CoreConfig
+
+    torch.manual_seed(11)
+    config = Chronos2CoreConfig(
+        d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, feed_forward_proj="relu",
+        initializer_factor=0.05, dropout_rate=0.1, layer_norm_epsilon=1e-6, vocab_size=2,
+        pad_token_id=0, rope_theta=10000.0,
+    )
+    config.architectures = ["Chronos2Model"]
+    config.chronos_pipeline_class = "Chronos2Pipeline"
+    config.reg_token_id = 1
+    config.chronos_config = {
+        "context_length": context_length,
+        "input_patch_size": 16,
+        "input_patch_stride": 16,
+        "output_patch_size": 16,
+        "max_output_patches": max_output_patches,
+        "quantiles": CHRONOS2_QUANTILES,
+        "time_encoding_scale": context_length,
+        "use_arcsinh": True,
+        "use_reg_token": True,
+    }
+    Chronos2Model(config).save_pretrained(directory)
+    return Path(directory)
+
+
+def timesfm25(directory: Path, context_length: int = 1024, horizon_length: int = 32) -> Path:
+    """A 2-layer TimesFM 2.5 (google/timesfm-2.5-200m-transformers layout) under `directory`."""
+    from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
+
+    torch.manual_seed(13)
+    config = TimesFm2_5Config(
+        patch_length=32, context_length=context_length, horizon_length=horizon_length,
+        num_hidden_layers=2, hidden_size=32, intermediate_size=32, head_dim=8,
+        num_attention_heads=4, num_key_value_heads=4, output_quantile_len=2 * horizon_length,
+        decode_index=5, use_bias=False, activation="swish",
+        quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        max_position_embeddings=context_length,
+    )
+    TimesFm2_5ModelForPrediction(config).save_pretrained(directory)
+    return Path(directory)

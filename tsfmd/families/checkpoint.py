@@ -1,0 +1,51 @@
+"""Helpers for families whose weights are a Hugging Face style checkpoint directory.
+
+`open_checkpoint` finds the directory (through `resolve_model_dir`, so every family words
+a missing model the same way), checks that weights are there and reads `config.json`, so
+that a family can refuse a checkpoint of another kind with a sentence instead of a deep
+traceback from `from_pretrained`. Nothing here imports torch at module level.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence, Tuple
+
+from tsfmd.families.base import LoadSpec, ModelLoadError
+from tsfmd.sources import resolve_model_dir
+
+#: any one of these is a loadable set of weights in the published layouts
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+#: what a hub download needs: configs and safetensors, never optimizer states or ONNX copies
+HUB_PATTERNS = ("*.json", "*.safetensors")
+
+
+def open_checkpoint(spec: LoadSpec) -> Tuple[Path, dict]:
+    """The local checkpoint directory for `spec.source` and its parsed config.json."""
+    directory = resolve_model_dir(
+        spec.source, spec.cache_dir, required=("config.json",), allow_patterns=HUB_PATTERNS
+    )
+    if not any((directory / name).exists() for name in WEIGHT_FILES):
+        raise ModelLoadError(
+            f"no weights in {directory} (source {spec.source}): expected one of "
+            f"{', '.join(WEIGHT_FILES)}"
+        )
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {directory / 'config.json'}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{directory / 'config.json'} is not a JSON object")
+    return directory, config
+
+
+def torch_dtype(spec: LoadSpec, family: str, allowed: Sequence[str], auto_cuda: str = "float32"):
+    """The torch dtype for `spec.dtype`: "auto" is float32 on CPU and `auto_cuda` on a GPU."""
+    import torch
+
+    name = spec.dtype
+    if name == "auto":
+        name = auto_cuda if spec.device.startswith("cuda") else "float32"
+    if name not in allowed:
+        raise ModelLoadError(f"{family} runs in {' or '.join(allowed)}, not {name}")
+    return getattr(torch, name)
