@@ -1,0 +1,122 @@
+"""The `time-moe` family: Time-MoE checkpoints served by tsfmd's own engine.
+
+Forecasting follows the reference service (TDgpt's timemoe-server): each series is
+normalised by its mean and sample standard deviation, the model generates the normalised
+continuation, and that is scaled back. A constant series (std 0) is normalised with
+scale 1 and scaled back with 0, so its forecast is the constant, never NaN. Context plus
+horizon must fit the model's position limit (4096 for the released models): longer input
+keeps its most recent points.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import torch
+
+from tsfmd.families.base import (
+    Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
+)
+from tsfmd.families.timemoe.generate import generate, plan_groups
+from tsfmd.families.timemoe.weights import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_model
+from tsfmd.sources import resolve_model_dir
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU multiplies bfloat16 natively (avx512_bf16 or AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """The registry's dtype; "auto" is bfloat16 on GPUs and bf16-capable CPUs, else float32."""
+    if name == "auto":
+        if device.startswith("cuda") or cpu_has_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if name not in _DTYPES:
+        raise ModelLoadError(f"dtype must be auto, float32, bfloat16 or float16, not {name!r}")
+    return _DTYPES[name]
+
+
+def normalise(values: np.ndarray):
+    """(normalised float32 values, mean, std) as the reference: sample std, ddof=1."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    if not np.isfinite(std):
+        std = 0.0
+    scale = std if std > 0.0 else 1.0
+    return ((values - mean) / scale).astype(np.float32), mean, std
+
+
+class TimeMoeFamily(Family):
+    name = "time-moe"
+
+    def __init__(self, model, caps: Capabilities):
+        self._model = model
+        self._caps = caps
+        self.position_limit = model.config.max_position_embeddings
+
+    @classmethod
+    def load(cls, spec: LoadSpec) -> "TimeMoeFamily":
+        dtype = resolve_dtype(spec.dtype, spec.device)
+        directory = resolve_model_dir(
+            spec.source, spec.cache_dir, required=(CONFIG_FILE, WEIGHTS_FILE),
+            allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, "generation_config.json"],
+        )
+        try:
+            model = load_model(directory, dtype=dtype, device=spec.device)
+        except CheckpointError as exc:
+            raise ModelLoadError(f"cannot load Time-MoE from {directory}: {exc}") from exc
+        except (RuntimeError, OSError) as exc:
+            raise ModelLoadError(
+                f"cannot load Time-MoE from {directory} onto {spec.device}: {exc}"
+            ) from exc
+        limit = model.config.max_position_embeddings
+        caps = Capabilities(
+            context_limit=resolve_limit(spec.context_limit, limit),
+            # autoregressive chunks drift on very long horizons; keep half the positions
+            horizon_limit=resolve_limit(spec.horizon_limit, max(1, limit // 2)),
+            min_context=1,
+            point_forecast="mean",
+        )
+        return cls(model, caps)
+
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    @property
+    def model(self):
+        return self._model
+
+    def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
+        horizon = int(horizon)
+        keep = max(1, self.position_limit - horizon)  # context + horizon <= position limit
+        normed: List[np.ndarray] = []
+        stats = np.zeros((len(batch), 2))
+        for i, series in enumerate(batch):
+            values, mean, std = normalise(np.asarray(series.values)[-keep:])
+            normed.append(values)
+            stats[i] = mean, std
+        point = np.empty((len(batch), horizon))
+        with torch.inference_mode():
+            for group in plan_groups([len(v) for v in normed]):
+                out = generate(self._model, [normed[i] for i in group], horizon)
+                point[group] = out.float().cpu().numpy()
+        point = point * stats[:, 1:2] + stats[:, 0:1]
+        return Forecast(point=point)
+
+    def close(self) -> None:
+        self._model = None

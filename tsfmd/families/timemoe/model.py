@@ -1,0 +1,274 @@
+"""The Time-MoE architecture in plain torch (a decoder-only transformer over real values).
+
+    value -> gated input embedding -> N x [RMSNorm -> rotary attention -> +residual
+                                           RMSNorm -> sparse MoE feed-forward -> +residual]
+          -> RMSNorm -> one of several output heads (1, 8, 32, 64 future values per position)
+
+The sparse feed-forward sends every token to its top-k of E routed experts (SwiGLU blocks
+intermediate_size/k wide, weighted by the router's softmax, not renormalised) and to one
+shared expert (intermediate_size wide) scaled by sigmoid(shared_expert_gate).
+
+Inference layout, chosen for speed on CPUs:
+* Tokens travel *packed*, [N, hidden]: the series of a batch one after another, no padding.
+  Only attention sees the padded grid [B, T] (series left-padded, so the last column is
+  every series' newest token); the per-token work (projections, experts, norms) never runs
+  on padding.
+* The residual stream, norms, router, rotary and heads stay in float32; the big matrix
+  products run in the model's compute dtype (float32, bfloat16 or float16).
+* Weights are fused where the original runs several products on the same input
+  (q/k/v; each expert's gate/up; the router with the shared-expert gate).
+* `last_only=True` makes the final layer compute its queries and feed-forward for the last
+  position of each series only: generation reads nothing else, and the keys/values of all
+  positions still go to the cache.
+* `KVCache` is static: sized once per generation, written in place at each step.
+
+Parameter names here are this module's own; weights.py maps the official checkpoint's
+names and shapes onto them (and back), strictly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tsfmd.families.timemoe.config import TimeMoeConfig
+
+_ACT = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class KVCache(nn.Module):
+    """Keys and values of every position seen so far, [B, kv_heads, max_len, head_dim]."""
+
+    def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor):
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+@dataclass
+class Step:
+    """Where the tokens of one forward pass sit; built by generate.py.
+
+    B series, each contributing T grid columns (left-padded). `rows` lists the grid cells
+    that hold real tokens (None when nothing is padded, then packed == grid). `cos`/`sin`
+    are the rotary tables at each cell's position, [B, 1, T, head_dim]. `mask` is a boolean
+    [B, 1, T, start+T] (True = may attend) or None with `causal` saying whether plain
+    causal masking applies. `last_rows` are the packed indices of each series' last token.
+    """
+
+    batch: int
+    width: int
+    start: int
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: Optional[torch.Tensor]
+    causal: bool
+    rows: Optional[torch.Tensor]
+    last_rows: torch.Tensor
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TimeMoeConfig):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = (
+            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        )
+        width = (self.heads + 2 * self.kv_heads) * self.head_dim
+        self.wqkv = nn.Linear(cfg.hidden_size, width, bias=True)
+        self.wo = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, step: Step, cache: KVCache, last_only: bool):
+        dtype = self.wqkv.weight.dtype
+        qkv = self.wqkv(x.to(dtype))
+        if step.rows is not None:  # packed -> padded grid, zeros in the padding
+            grid = qkv.new_zeros(step.batch * step.width, qkv.shape[-1])
+            qkv = grid.index_copy_(0, step.rows, qkv)
+        qkv = qkv.view(step.batch, step.width, -1, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split((self.heads, self.kv_heads, self.kv_heads), dim=1)
+        q = _rotate(q.float(), step.cos, step.sin).to(dtype)
+        k = _rotate(k.float(), step.cos, step.sin).to(dtype)
+        keys, values = cache.update(step.start, k, v)
+        mask, causal = step.mask, step.causal
+        if last_only:  # left padding: the last column is every series' newest token
+            q = q[:, :, -1:]
+            mask = None if mask is None else mask[:, :, -1:]
+            causal = False  # the last query may see every cached key
+        if self.kv_heads != self.heads:
+            keys = keys.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            values = values.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)
+        out = out.transpose(1, 2).reshape(-1, self.heads * self.head_dim)
+        if not last_only and step.rows is not None:
+            out = out.index_select(0, step.rows)
+        return self.wo(out)
+
+
+class SwiGLU(nn.Module):
+    """down(act(gate(x)) * up(x)), gate and up fused into one product."""
+
+    def __init__(self, hidden: int, inner: int, act: str):
+        super().__init__()
+        self.gate_up = nn.Linear(hidden, 2 * inner, bias=False)
+        self.down = nn.Linear(inner, hidden, bias=False)
+        self.act = _ACT[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(self.act(gate) * up)
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, cfg: TimeMoeConfig):
+        super().__init__()
+        self.top_k, self.num_experts = cfg.num_experts_per_tok, cfg.num_experts
+        inner = cfg.expert_intermediate_size
+        # rows 0..E-1: the router; row E: the shared expert's gate (both read the same x)
+        self.router = nn.Linear(cfg.hidden_size, cfg.num_experts + 1, bias=False)
+        self.gate_up = nn.Parameter(torch.empty(cfg.num_experts, 2 * inner, cfg.hidden_size))
+        self.down = nn.Parameter(torch.empty(cfg.num_experts, cfg.hidden_size, inner))
+        self.shared = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+        self.act = _ACT[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: normed float32 [N, hidden] -> float32 [N, hidden]."""
+        logits = F.linear(x, self.router.weight.float())
+        probs = torch.softmax(logits[:, : self.num_experts], dim=-1)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        xc = x.to(self.gate_up.dtype)
+        out = self.shared(xc).float() * torch.sigmoid(logits[:, self.num_experts:])
+        # Group the (token, expert) pairs by expert so each expert runs one product over
+        # exactly the tokens routed to it; experts nobody chose cost nothing.
+        flat = chosen.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        tokens = order // self.top_k
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        routed = xc.index_select(0, tokens)
+        pieces, offset = [], 0
+        for expert, count in enumerate(counts):
+            if count == 0:
+                continue
+            seg = routed[offset:offset + count]
+            gate, up = F.linear(seg, self.gate_up[expert]).chunk(2, dim=-1)
+            pieces.append(F.linear(self.act(gate) * up, self.down[expert]))
+            offset += count
+        expert_out = torch.cat(pieces).float() * weights.reshape(-1)[order].unsqueeze(-1)
+        return out.index_add_(0, tokens, expert_out)
+
+
+class DenseFFN(nn.Module):
+    """use_dense checkpoints: one SwiGLU feed-forward instead of the experts."""
+
+    def __init__(self, cfg: TimeMoeConfig):
+        super().__init__()
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x.to(self.mlp.down.weight.dtype)).float()
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TimeMoeConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.ffn = DenseFFN(cfg) if cfg.use_dense else SparseMoE(cfg)
+
+    def forward(self, h: torch.Tensor, step: Step, cache: KVCache, last_only: bool):
+        attended = self.attn(self.attn_norm(h), step, cache, last_only)
+        if last_only:
+            h = h.index_select(0, step.last_rows)
+        h = h + attended.float()
+        return h + self.ffn(self.ffn_norm(h))
+
+
+class TimeMoe(nn.Module):
+    def __init__(self, cfg: TimeMoeConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_gate = nn.Parameter(torch.empty(cfg.hidden_size))
+        self.embed_value = nn.Parameter(torch.empty(cfg.hidden_size))
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.heads = nn.ModuleList(
+            nn.Linear(cfg.hidden_size, h * cfg.input_size, bias=False) for h in cfg.horizon_lengths
+        )
+        self.act = _ACT[cfg.hidden_act]
+        half = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim
+        self.register_buffer("inv_freq", 1.0 / (cfg.rope_theta ** half), persistent=False)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.layers[0].attn.wqkv.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_gate.device
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> "TimeMoe":
+        """Big products in `dtype`; norms, router, embedding and heads stay float32."""
+        for layer in self.layers:
+            layer.attn.to(dtype)
+            ffn = layer.ffn
+            if isinstance(ffn, SparseMoE):
+                ffn.gate_up.data = ffn.gate_up.data.to(dtype)
+                ffn.down.data = ffn.down.data.to(dtype)
+                ffn.shared.to(dtype)
+            else:
+                ffn.mlp.to(dtype)
+        return self
+
+    def rotary(self, positions: torch.Tensor):
+        """cos and sin at integer `positions` (any shape) -> [..., head_dim] float32."""
+        freqs = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos(), angles.sin()
+
+    def new_caches(self, batch: int, max_len: int) -> List[KVCache]:
+        cfg = self.config
+        return [
+            KVCache(batch, cfg.num_key_value_heads, max_len, cfg.head_dim, self.compute_dtype,
+                    self.device)
+            for _ in self.layers
+        ]
+
+    def forward(
+        self, values: torch.Tensor, step: Step, caches: List[KVCache], last_only: bool = False
+    ) -> torch.Tensor:
+        """Packed values [N] -> final hidden states [N, hidden] ([B, hidden] if last_only)."""
+        x = values.float().unsqueeze(-1)
+        h = self.act(x * self.embed_gate) * (x * self.embed_value)
+        last = len(self.layers) - 1
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
+            h = layer(h, step, cache, last_only and i == last)
+        return self.norm(h)
+
+    def head(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        return self.heads[index](hidden.float())
