@@ -15,6 +15,7 @@ _FAMILIES: Dict[str, str] = {
     "chronos-bolt": "tsfmd.families.chronos:ChronosBoltFamily",
     "chronos-2": "tsfmd.families.chronos:Chronos2Family",
     "timesfm-2.5": "tsfmd.families.timesfm:TimesFm25Family",
+    "time-moe": "tsfmd.families.timemoe.family:TimeMoeFamily",
 }
 
 
