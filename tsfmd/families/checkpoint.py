@@ -8,6 +8,7 @@ traceback from `from_pretrained`. Nothing here imports torch at module level.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -16,6 +17,10 @@ from tsfmd.sources import resolve_model_dir
 
 #: any one of these is a loadable set of weights in the published layouts
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+#: tsfmd loads models in parallel threads, but transformers' from_pretrained is not safe to
+#: run twice at once (two loads on a 2-core machine failed with "Tensor.item() cannot be
+#: called on meta tensors"): every family that calls from_pretrained holds this lock.
+FROM_PRETRAINED_LOCK = threading.Lock()
 #: what a hub download needs: configs and safetensors, never optimizer states or ONNX copies
 HUB_PATTERNS = ("*.json", "*.safetensors")
 

@@ -14,10 +14,13 @@ refused with a sentence. Both answer native quantiles and use the median as `out
   past-only covariates; each `dynamic_real` row (history and future) becomes a known-future
   covariate. Each series is its own group (no cross-learning), so series never see each
   other; series with different covariate shapes go through the pipeline separately,
-  because one pipeline call needs one schema.
+  because one pipeline call needs one schema. The output patches of one step attend to
+  each other, so `horizon_group` keeps the dynamic batcher from mixing horizons that
+  need a different number of them.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Dict, List, Sequence, Tuple
 
@@ -26,7 +29,7 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.checkpoint import open_checkpoint, torch_dtype
+from tsfmd.families.checkpoint import FROM_PRETRAINED_LOCK, open_checkpoint, torch_dtype
 
 #: the pipelines accept any history; they scale by its mean and spread
 MIN_CONTEXT = 1
@@ -79,9 +82,10 @@ class _ChronosFamily(Family):
             )
         dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16"), cls.auto_cuda_dtype)
         try:
-            pipeline = BaseChronosPipeline.from_pretrained(
-                str(directory), device_map=spec.device, dtype=dtype
-            )
+            with FROM_PRETRAINED_LOCK:
+                pipeline = BaseChronosPipeline.from_pretrained(
+                    str(directory), device_map=spec.device, dtype=dtype
+                )
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, AssertionError) as exc:
             raise ModelLoadError(f"cannot load {cls.name} from {directory}: {exc}") from exc
         pipeline.model.eval()
@@ -144,6 +148,15 @@ class Chronos2Family(_ChronosFamily):
             past_covariates=True,
             future_covariates=True,
         )
+
+    def horizon_group(self, horizon: int) -> int:
+        """Requests may share a batch only with the same count of output patches.
+
+        Chronos-2 decodes all output patches of a step together and they attend to each
+        other, so the first h steps change when more patches are asked for; the patches of
+        every step follow from ceil(horizon / output_patch_size).
+        """
+        return math.ceil(int(horizon) / self._pipeline.model_output_patch_size)
 
     def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
         horizon = int(horizon)

@@ -25,7 +25,7 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.checkpoint import open_checkpoint, torch_dtype
+from tsfmd.families.checkpoint import FROM_PRETRAINED_LOCK, open_checkpoint, torch_dtype
 
 #: the model masks padding and scales by the history, so one point is enough
 MIN_CONTEXT = 1
@@ -66,7 +66,8 @@ class TimesFm25Family(Family):
             )
         dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16", "float16"))
         try:
-            model = TimesFm2_5ModelForPrediction.from_pretrained(str(directory), dtype=dtype)
+            with FROM_PRETRAINED_LOCK:
+                model = TimesFm2_5ModelForPrediction.from_pretrained(str(directory), dtype=dtype)
             model = model.to(spec.device).eval()
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"cannot load timesfm-2.5 from {directory}: {exc}") from exc
