@@ -1,0 +1,209 @@
+"""Template of the TDgpt adapter that `tsfmd adapters install` writes into the anode.
+
+This file runs INSIDE TDgpt's anode (taosanode), not in tsfmd. Rules it follows, because
+the anode's loader is fragile (see shared/TDGPT.md, "Details checked by running the anode's
+own code"):
+- imports only the standard library, `requests` and `taosanalytics`, and never raises at
+  import or in `__init__` (an older anode stops entirely when one adapter does);
+- defines exactly one `_`-prefixed class and imports no other `_` name (the ini-era loader
+  registers every `_` class it can see in the module);
+- keeps nothing mutable on the object: the anode copies it shallowly for every request.
+
+The generator replaces each `__TSFMD_...__` token with a Python literal and the class name
+`_TsfmdTemplateService` with one derived from the registry key.
+"""
+import logging
+
+import requests
+
+try:  # config.py-era anodes
+    from taosanalytics.base import AbstractForecastService
+except ImportError:  # ini-era anodes
+    from taosanalytics.service import AbstractForecastService
+
+ALGO_NAME = __TSFMD_NAME__
+DESCRIPTION = __TSFMD_DESC__
+#: where tsfmd serves this model; the anode's own config may point elsewhere
+TSFMD_URL = __TSFMD_URL__
+TSFMD_ROUTE = __TSFMD_ROUTE__
+CONNECT_TIMEOUT_S = __TSFMD_CONNECT_TIMEOUT__
+READ_TIMEOUT_S = __TSFMD_READ_TIMEOUT__
+#: the status probe (config.py-era list calls) must stay quick even if tsfmd is busy
+STATUS_TIMEOUT_S = 5.0
+
+log = logging.getLogger("taosanalytics.tsfmd")
+
+
+def anode_configured_url(name):
+    """The URL the anode's configuration gives `name`, or None; never raises."""
+    try:
+        from taosanalytics import conf as anode_conf
+        configure = getattr(anode_conf, "Configure", None)
+        if configure is not None and hasattr(configure, "get_instance"):
+            url = configure.get_instance().get_tsfm_service(name)  # config.py era
+        else:
+            url = anode_conf.conf.get_tsfm_service(name)  # ini era: module-level object
+    except Exception as exc:  # the anode's config must never break the adapter
+        log.warning("%s: cannot read the anode's service URL (%s); using %s", name, exc, TSFMD_URL)
+        return None
+    if isinstance(url, str) and url.strip():
+        return url.strip()
+    return None
+
+
+def url_from_host_option(host):
+    """`host=` in the SQL option: a full URL, or host:port (then this model's route)."""
+    host = str(host).strip()
+    if "://" not in host:
+        host = "http://" + host
+    scheme, _, rest = host.partition("://")
+    if "/" not in rest:
+        return f"{scheme}://{rest}{TSFMD_ROUTE}"
+    return host
+
+
+def number_list(reply, field, rows, url):
+    """reply[field] as `rows` floats, or a ValueError saying what is wrong with it."""
+    values = reply.get(field)
+    if not isinstance(values, list):
+        raise ValueError(f"{ALGO_NAME}: tsfmd at {url} sent a reply without a '{field}' list")
+    if len(values) < rows:
+        raise ValueError(
+            f"{ALGO_NAME}: tsfmd at {url} returned {len(values)} '{field}' values for "
+            f"{rows} forecast rows (a short reply)"
+        )
+    out = []
+    for i, value in enumerate(values[:rows]):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(
+                f"{ALGO_NAME}: tsfmd at {url} sent a non-number in '{field}' at position {i}"
+            )
+        out.append(float(value))
+    return out
+
+
+def error_text(response):
+    """tsfmd's own message from an error reply, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message", "msg"):
+            if isinstance(body.get(key), str):
+                return body[key]
+    text = (response.text or "").strip()
+    return text[:300] if text else "(empty body)"
+
+
+class _TsfmdTemplateService(AbstractForecastService):
+    """Forecasts by POSTing the series to tsfmd."""
+
+    name = ALGO_NAME
+    desc = DESCRIPTION
+
+    def __init__(self):
+        super().__init__()
+        # per-request value set by set_params on the anode's copy; a str, never shared state
+        self.host_option = None
+
+    def set_params(self, params):
+        super().set_params(params)
+        host = params.get("host") if isinstance(params, dict) else None
+        self.host_option = str(host) if host else None
+
+    def service_url(self):
+        """host= of this query, else the anode's config, else tsfmd's URL from the registry."""
+        host = self.host_option or getattr(self, "host", None)
+        if isinstance(host, str) and host.strip():
+            return url_from_host_option(host)
+        return anode_configured_url(ALGO_NAME) or TSFMD_URL
+
+    def get_params(self):
+        # plain JSON only: the anode's list endpoint (taosd's `update all anodes`) must serialise it
+        return {
+            "period": int(self.period or 0),
+            "start": int(self.start_ts or 0),
+            "every": int(self.time_step or 0),
+            "forecast_rows": int(self.rows or 0),
+            "return_conf": int(self.return_conf or 0),
+            "conf": float(self.conf if self.conf is not None else 0.95),
+            "service": str(self.service_url()),
+        }
+
+    def get_status(self):
+        """Any HTTP answer from the route means available, as for TDgpt's own TSFM classes."""
+        url = self.service_url()
+        try:
+            requests.get(url, timeout=(CONNECT_TIMEOUT_S, STATUS_TIMEOUT_S))
+        except Exception as exc:
+            log.warning("%s: tsfmd at %s does not answer: %s", ALGO_NAME, url, exc)
+            return "UNAVAIL"
+        parent = getattr(super(), "get_status", None)
+        return parent() if parent is not None else "READY"
+
+    def request_body(self):
+        rows = int(self.rows)
+        body = {"input": list(self.list), "next_len": rows}
+        if self.ts_list is not None and len(self.ts_list):
+            body["ts"] = [int(t) for t in self.ts_list]
+        conf = float(self.conf) if self.conf is not None else 0.95
+        if 0.0 < conf < 1.0:
+            body["conf_interval"] = conf
+        for field in ("past_dynamic_real", "dynamic_real"):
+            covariates = getattr(self, field, None)
+            if covariates is not None and len(covariates):
+                body[field] = [list(column) for column in covariates]
+        return body
+
+    def post(self, url, body):
+        try:
+            return requests.post(url, json=body, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+        except requests.exceptions.ConnectTimeout:
+            raise ValueError(
+                f"{ALGO_NAME}: tsfmd at {url} did not accept a connection within "
+                f"{CONNECT_TIMEOUT_S:g}s (adapter.connect_timeout_s in tsfmd's registry)"
+            ) from None
+        except requests.exceptions.ReadTimeout:
+            raise ValueError(
+                f"{ALGO_NAME}: tsfmd at {url} did not answer within {READ_TIMEOUT_S:g}s "
+                "(adapter.read_timeout_s in tsfmd's registry)"
+            ) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise ValueError(
+                f"{ALGO_NAME}: cannot reach tsfmd at {url}: {type(exc).__name__}; is tsfmd "
+                "running (systemctl status tsfmd)?"
+            ) from None
+        except (requests.exceptions.RequestException, TypeError, ValueError) as exc:
+            raise ValueError(f"{ALGO_NAME}: request to tsfmd at {url} failed: {exc}") from None
+
+    def execute(self):
+        url = self.service_url()
+        if self.list is None or len(self.list) == 0:
+            raise ValueError(f"{ALGO_NAME}: no input values to forecast from")
+        rows = int(self.rows or 0)
+        if rows <= 0:
+            raise ValueError(f"{ALGO_NAME}: the number of forecast rows must be positive")
+        response = self.post(url, self.request_body())
+        if response.status_code != 200:
+            raise ValueError(
+                f"{ALGO_NAME}: tsfmd at {url} answered HTTP {response.status_code}: "
+                f"{error_text(response)}"
+            )
+        try:
+            reply = response.json()
+        except ValueError:
+            raise ValueError(f"{ALGO_NAME}: tsfmd at {url} sent a reply that is not JSON") from None
+        if not isinstance(reply, dict):
+            raise ValueError(f"{ALGO_NAME}: tsfmd at {url} sent a reply that is not a JSON object")
+        values = number_list(reply, "output", rows, url)
+        timestamps = [int(self.start_ts) + i * int(self.time_step) for i in range(rows)]
+        if not int(self.return_conf):
+            return {"res": [timestamps, values], "conf": 0}
+        if reply.get("lower") is not None and reply.get("upper") is not None:
+            lower = number_list(reply, "lower", rows, url)
+            upper = number_list(reply, "upper", rows, url)
+        else:  # the model gives no interval: TDgpt's convention is the values three times
+            lower, upper = list(values), list(values)
+        return {"res": [timestamps, values, lower, upper], "conf": float(self.conf)}
+
