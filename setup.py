@@ -18,6 +18,8 @@ setup(
     packages=find_packages(include=["tsfmd", "tsfmd.*"]),
     include_package_data=True,
     package_data={"tsfmd": ["data/*", "data/**/*"]},
+    # the TDgpt adapter template (tsfmd/anode/generate.py finds it here when not in a checkout)
+    data_files=[("share/tsfmd/adapters", ["adapters/tdgpt_adapter.py"])],
     install_requires=[
         "waitress>=3.0",
         "flask>=3.0",
