@@ -18,7 +18,7 @@ import torch
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.timemoe.generate import generate, plan_groups
+from tsfmd.families.timemoe.generate import chunk_plan, generate, plan_groups
 from tsfmd.families.timemoe.weights import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_model
 from tsfmd.sources import resolve_model_dir
 
@@ -100,6 +100,18 @@ class TimeMoeFamily(Family):
     @property
     def model(self):
         return self._model
+
+    def horizon_group(self, horizon: int):
+        """Which requests may share one generation (tsfmd.batching): the first h values
+        depend on the whole horizon, because the head is chosen by the steps left (h=8
+        uses the 8-step head, h=96 starts with the 64-step one). Horizons made only of
+        full longest-head chunks (64, 128, ...) are prefixes of one another; any other
+        horizon runs with its equals only."""
+        heads = self._model.config.horizon_lengths
+        plan = chunk_plan(heads, int(horizon))
+        if all(chunk == max(heads) for chunk in plan):
+            return ("whole chunks", max(heads))
+        return int(horizon)
 
     def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
         horizon = int(horizon)

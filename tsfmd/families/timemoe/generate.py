@@ -31,6 +31,15 @@ def choose_head(horizon_lengths: Sequence[int], remaining: int) -> Tuple[int, in
     return list(horizon_lengths).index(length), length
 
 
+def chunk_plan(horizon_lengths: Sequence[int], horizon: int) -> List[int]:
+    """How many values each generation pass yields for `horizon` (96 -> [64, 32])."""
+    plan, remaining = [], horizon
+    while remaining > 0:
+        plan.append(min(choose_head(horizon_lengths, remaining)[1], remaining))
+        remaining -= plan[-1]
+    return plan
+
+
 def make_step(model: TimeMoe, pad: torch.Tensor, start: int, width: int) -> Step:
     """A forward pass writing grid columns [start, start+width) of the cache.
 
@@ -116,26 +125,22 @@ def hidden_states(model: TimeMoe, series: Sequence[np.ndarray]) -> List[torch.Te
     return list(hidden.split([len(s) for s in series]))
 
 
-def plan_groups(lengths: Sequence[int], slack: float = 2.0) -> List[List[int]]:
+def plan_groups(lengths: Sequence[int], short: int = 256) -> List[List[int]]:
     """Split a batch into groups run one after another, longest first.
 
-    Per-token work is packed (padding costs nothing there); attention runs on the padded
-    grid, so its cost grows with group size x longest length squared. A series joins the
-    current group while that stays within `slack` times the group's own attention work;
-    one 4000-point series and seven 50-point ones then run as two groups, not one grid.
+    Per-token work is packed (padding costs nothing there), but attention runs on the
+    padded grid, whose cost grows with the longest length squared. A series joins the
+    current group when it is at least half as long as the group's longest (its grid costs
+    at most 4x its own attention) or the group is short anyway; one 4000-point series and
+    seven 50-point ones then run as two groups, not one 8 x 4000 grid.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: List[List[int]] = []
-    own = 0
     for i in order:
         if groups:
-            group = groups[-1]
-            longest = lengths[group[0]]
-            work = own + lengths[i] ** 2
-            if (len(group) + 1) * longest ** 2 <= slack * work:
-                group.append(i)
-                own = work
+            longest = lengths[groups[-1][0]]
+            if 2 * lengths[i] >= longest or longest <= short:
+                groups[-1].append(i)
                 continue
         groups.append([i])
-        own = lengths[i] ** 2
     return groups
