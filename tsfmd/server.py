@@ -73,7 +73,9 @@ class Daemon:
         self.models: Optional[Models] = None
         self.server = None
         self.inflight: Optional[InFlight] = None
-        self.reloads = {"succeeded": 0, "failed": 0, "last_successful": True, "last_error": ""}
+        # `started`/`finished` let `tsfmd reload` wait for the reload its SIGHUP caused.
+        self.reloads = {"started": 0, "finished": 0, "succeeded": 0, "failed": 0,
+                        "last_successful": True, "last_error": "", "last_changes": {}}
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._server_thread: Optional[threading.Thread] = None
@@ -100,6 +102,9 @@ class Daemon:
             max_request_body_size=settings.max_request_bytes + 65536,
             ident="tsfmd",
             clear_untrusted_proxy_headers=True,
+            # Keep reading a busy connection so a client that hangs up is seen and its
+            # queued forecast dropped (environ["waitress.client_disconnected"]).
+            channel_request_lookahead=1,
         )
         self._server_thread = threading.Thread(
             target=self.server.run, name="waitress", daemon=True
@@ -107,7 +112,10 @@ class Daemon:
         self._server_thread.start()
         log.info("listening on %s with registry %s (%d models enabled)", self.address,
                  self.config_path, len(self.registry.enabled))
+        self._write_runtime_address()
         self._start_watchdog()
+        self.notifier.status(f"listening on {self.address}; loading "
+                             f"{len(self.registry.enabled)} model(s)")
         self.models.apply(self.registry.enabled, self._loading_progress)
         self.notifier.ready(self.models.table.summary())
         log.info("ready: %s", self.models.table.summary())
@@ -118,6 +126,17 @@ class Daemon:
         port = getattr(self.server, "effective_port", self.registry.server.port)
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}"
+
+    def _write_runtime_address(self) -> None:
+        """Under systemd (RuntimeDirectory=), leave the address where `tsfmd reload` finds it."""
+        runtime_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        if not runtime_dir:
+            return
+        try:
+            with open(os.path.join(runtime_dir, "address"), "w", encoding="utf-8") as f:
+                f.write(self._self_url("") + "\n")
+        except OSError as exc:  # only `tsfmd reload` needs it; serving goes on
+            log.warning("cannot write %s/address: %s", runtime_dir, exc)
 
     def _loading_progress(self, text: str) -> None:
         # Long loads (big checkpoints, first download) must not trip systemd's start timeout.
@@ -148,33 +167,41 @@ class Daemon:
 
     def reload(self) -> bool:
         """Re-read the registry; a bad one is refused and the current models keep serving."""
+        self.reloads["started"] += 1
         self.notifier.reloading(time.monotonic_ns() // 1000)
         log.info("reloading registry %s", self.config_path)
         try:
             registry = load_registry(self.config_path)
         except RegistryError as exc:
-            self.reloads["failed"] += 1
-            self.reloads["last_successful"] = False
-            self.reloads["last_error"] = "; ".join(exc.problems)
-            log.error("reload refused, still serving the previous registry: %s",
-                      self.reloads["last_error"])
-            self.notifier.ready(
-                f"reload failed ({len(exc.problems)} problem(s): {exc.problems[0]}); "
-                f"{self.models.table.summary()} from the previous registry"
-            )
-            return False
+            return self._reload_failed(exc.problems)
         for warning in registry.warnings:
             log.warning("%s", warning)
         if registry.server != self.registry.server:
             log.warning("reload: server settings changed; they take effect at the next restart")
-        self.models.apply(registry.enabled, self._loading_progress)
+        try:
+            changes = self.models.apply(registry.enabled, self._loading_progress)
+        except Exception as exc:  # a bug in a family must not take the daemon down
+            log.exception("reload: applying the new registry failed")
+            return self._reload_failed([f"applying the registry failed: {exc}"])
         self.registry = registry
-        self.reloads["succeeded"] += 1
-        self.reloads["last_successful"] = True
-        self.reloads["last_error"] = ""
-        self.notifier.ready(self.models.table.summary())
+        self.reloads.update(succeeded=self.reloads["succeeded"] + 1, last_successful=True,
+                            last_error="", last_changes=changes)
+        self.reloads["finished"] += 1
+        self.notifier.ready(f"reloaded: {self.models.table.summary()}")
         log.info("reload done: %s", self.models.table.summary())
         return True
+
+    def _reload_failed(self, problems) -> bool:
+        self.reloads.update(failed=self.reloads["failed"] + 1, last_successful=False,
+                            last_error="; ".join(problems))
+        self.reloads["finished"] += 1
+        log.error("reload refused, still serving the previous registry: %s",
+                  self.reloads["last_error"])
+        self.notifier.ready(
+            f"reload failed ({len(problems)} problem(s): {problems[0]}); "
+            f"{self.models.table.summary()} from the previous registry"
+        )
+        return False
 
     def status(self) -> dict:
         """What /v1/status reports about the daemon itself."""
@@ -182,7 +209,8 @@ class Daemon:
             "pid": os.getpid(),
             "registry": self.config_path,
             "summary": self.models.table.summary() if self.models else "starting",
-            "reloads": dict(self.reloads),
+            "reloads": {k: (dict(v) if isinstance(v, dict) else v)
+                        for k, v in self.reloads.items()},
             "in_flight": self.inflight.count if self.inflight else 0,
         }
 
@@ -190,6 +218,7 @@ class Daemon:
 
     def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
         """Stop accepting, let requests in flight finish (bounded), release the models."""
+        self._stop.set()  # also ends the watchdog thread when stop() is called directly
         self.notifier.stopping()
         log.info("stopping: no new connections; waiting for %d request(s) in flight",
                  self.inflight.count if self.inflight else 0)
