@@ -1,0 +1,78 @@
+"""Config.py-era base classes (the real module is taosanalytics.base)."""
+from abc import ABC, abstractmethod
+
+
+class AnalyticsService(ABC):
+    READY = "READY"
+    UNAVAILABLE = "UNAVAIL"
+
+    @abstractmethod
+    def execute(self):
+        """run the algorithm"""
+
+    def get_desc(self):
+        return ""
+
+    def get_params(self):
+        return {}
+
+    def get_status(self):
+        return AnalyticsService.READY
+
+
+class AbstractAnalyticsService(AnalyticsService, ABC):
+    name = ""
+    desc = ""
+
+    def __init__(self):
+        self.list = None
+        self.ts_list = None
+
+    def set_input_list(self, input_list, input_ts_list=None):
+        self.list = input_list
+        self.ts_list = input_ts_list
+
+    def get_desc(self):
+        return self.desc
+
+
+class AbstractForecastService(AbstractAnalyticsService, ABC):
+    def __init__(self):
+        super().__init__()
+        self.type = "forecast"
+        self.period = 0
+        self.start_ts = 0
+        self.time_step = 0
+        self.rows = 0
+        self.return_conf = 1
+        self.conf = 0.95
+        self.precision = "ms"
+        self.past_dynamic_real = []
+        self.dynamic_real = []
+
+    def set_input_data(self, input_list, input_ts_list=None, past_dynamic_real_list=None,
+                       dynamic_real_list=None):
+        if past_dynamic_real_list is not None:
+            self.past_dynamic_real = past_dynamic_real_list
+        if dynamic_real_list is not None:
+            self.dynamic_real = dynamic_real_list
+        self.set_input_list(input_list, input_ts_list)
+
+    def set_params(self, params):
+        if not {"start_ts", "time_step", "rows"}.issubset(params):
+            raise ValueError("params are missing, start_ts, time_step, rows are all required")
+        self.start_ts = int(params["start_ts"])
+        self.time_step = int(params["time_step"])
+        self.rows = int(params["rows"])
+        if self.time_step <= 0 or self.rows <= 0:
+            raise ValueError("time_step and rows should be greater than 0")
+        self.period = int(params.get("period", 0))
+        self.conf = float(params.get("conf", 0.95))
+        if self.conf < 0 or self.conf >= 1.0:
+            raise ValueError("invalid value of conf, should between 0 and 1.0")
+        self.return_conf = int(params.get("return_conf", 1))
+        self.precision = params.get("precision", "ms")
+
+    def get_params(self):
+        return {"period": self.period, "start": self.start_ts, "every": self.time_step,
+                "forecast_rows": self.rows, "return_conf": self.return_conf, "conf": self.conf}
