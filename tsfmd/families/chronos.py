@@ -89,7 +89,10 @@ class _ChronosFamily(Family):
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, AssertionError) as exc:
             raise ModelLoadError(f"cannot load {cls.name} from {directory}: {exc}") from exc
         pipeline.model.eval()
-        return cls(pipeline, cls._capabilities(pipeline, spec))
+        caps = cls._capabilities(pipeline, spec)
+        if 0.5 not in caps.quantile_levels:
+            raise ModelLoadError(f"{directory}: quantiles {caps.quantile_levels} have no median")
+        return cls(pipeline, caps)
 
     @classmethod
     def _capabilities(cls, pipeline, spec: LoadSpec) -> Capabilities:
@@ -97,6 +100,9 @@ class _ChronosFamily(Family):
 
     def capabilities(self) -> Capabilities:
         return self._caps
+
+    def close(self) -> None:
+        self._pipeline = None  # a reload frees the weights once the last request is done
 
     def _as_forecast(self, quantiles: np.ndarray) -> Forecast:
         """[B, H, Q] native quantiles -> Forecast with the median as the point forecast."""
@@ -107,7 +113,7 @@ class _ChronosFamily(Family):
 class ChronosBoltFamily(_ChronosFamily):
     name = "chronos-bolt"
     pipeline_class = "ChronosBoltPipeline"
-    # Chronos-Bolt's authors run it in bfloat16 on GPUs; on a CPU float32 is faster.
+    # Chronos-Bolt's authors run it in bfloat16 on GPUs; on a CPU tsfmd keeps float32.
     auto_cuda_dtype = "bfloat16"
 
     @classmethod

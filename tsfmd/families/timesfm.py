@@ -85,6 +85,9 @@ class TimesFm25Family(Family):
     def capabilities(self) -> Capabilities:
         return self._caps
 
+    def close(self) -> None:
+        self._model = None  # a reload frees the weights once the last request is done
+
     def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
         import torch
 
