@@ -101,6 +101,9 @@ class _TsfmdTemplateService(AbstractForecastService):
 
     name = ALGO_NAME
     desc = DESCRIPTION
+    # a plain attribute: some releases define `is_builtins` as a property returning itself,
+    # which recurses when their list endpoint reads it
+    is_builtins = False
 
     def __init__(self):
         super().__init__()

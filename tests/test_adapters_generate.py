@@ -107,3 +107,18 @@ def test_missing_anode_is_a_clear_error(tmp_path):
     reg = write_registry(tmp_path / "r.yaml", 5001, fracast_entry("fracast-fc"))
     code, _, err = adapters("install", tmp_path / "nowhere", tmp_path / "x.ini", reg)
     assert code == 1 and "no TDgpt anode at" in err and "--anode-dir" in err
+
+
+def test_ini_loader_registers_imported_underscore_classes_twice(tmp_path):
+    """Why a generated module imports no `_` name: the ini-era loader would register it again.
+
+    This checks the stand-in reproduces that behaviour, so the single-registration checks in
+    test_adapters_anode.py mean something.
+    """
+    from anode_standin.lab import run_anode
+
+    anode, config = make_anode(tmp_path, "ini")
+    bad = anode / "lib/taosanalytics/algo/fc/naive_adapter.py"
+    bad.write_text("from taosanalytics.algo.fc.timemoe import _TimeMOEService\n")
+    answer = run_anode(anode, "ini", config)
+    assert answer["registered"]["timemoe-fc"] == 2
