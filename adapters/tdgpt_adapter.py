@@ -82,6 +82,11 @@ def number_list(reply, field, rows, url):
     return out
 
 
+def floats(values):
+    """A series as JSON numbers; None (an SQL NULL) stays None for tsfmd to fill or refuse."""
+    return [None if v is None else float(v) for v in values]
+
+
 def error_text(response):
     """tsfmd's own message from an error reply, else the start of the body."""
     try:
@@ -146,17 +151,17 @@ class _TsfmdTemplateService(AbstractForecastService):
         return parent() if parent is not None else "READY"
 
     def request_body(self):
-        rows = int(self.rows)
-        body = {"input": list(self.list), "next_len": rows}
+        # plain floats/ints: a release may hand over numpy values, which json cannot encode
+        body = {"input": floats(self.list), "next_len": int(self.rows)}
         if self.ts_list is not None and len(self.ts_list):
             body["ts"] = [int(t) for t in self.ts_list]
         conf = float(self.conf) if self.conf is not None else 0.95
-        if 0.0 < conf < 1.0:
+        if 0.0 < conf < 1.0:  # sent even when return_conf is 0, as TDgpt does
             body["conf_interval"] = conf
         for field in ("past_dynamic_real", "dynamic_real"):
             covariates = getattr(self, field, None)
             if covariates is not None and len(covariates):
-                body[field] = [list(column) for column in covariates]
+                body[field] = [floats(column) for column in covariates]
         return body
 
     def post(self, url, body):
@@ -187,7 +192,13 @@ class _TsfmdTemplateService(AbstractForecastService):
         rows = int(self.rows or 0)
         if rows <= 0:
             raise ValueError(f"{ALGO_NAME}: the number of forecast rows must be positive")
-        response = self.post(url, self.request_body())
+        try:
+            body = self.request_body()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{ALGO_NAME}: cannot send this series to tsfmd at {url}: {exc}"
+            ) from None
+        response = self.post(url, body)
         if response.status_code != 200:
             raise ValueError(
                 f"{ALGO_NAME}: tsfmd at {url} answered HTTP {response.status_code}: "

@@ -173,7 +173,9 @@ def check_module(text: str, key: str) -> None:
         elif isinstance(node, ast.ImportFrom):
             names = [node.module or ""]
             if any(a.name.startswith("_") for a in node.names):
-                raise AdapterError(f"adapter for {key}: imports a '_' name the anode would register")
+                raise AdapterError(
+                    f"adapter for {key}: imports a '_' name the anode would register again"
+                )
         else:
             continue
         for name in names:
