@@ -240,3 +240,14 @@ def test_foreign_file_with_our_name_is_refused(tmp_path):
     code, _, err = adapters("install", anode, config, reg)
     assert code == 1 and "not written by tsfmd" in err
     assert squatter.read_text() == "# someone else's adapter\n"
+
+
+@pytest.mark.parametrize("era", ["ini", "config.py"])
+def test_disabling_every_model_takes_everything_back_out(tmp_path, era):
+    anode, config, reg, original, _ = install(tmp_path, era)
+    write_registry(reg, PORT, MODELS.replace("    device: cpu\n", "    device: cpu\n"
+                                             "    enabled: false\n"))
+    code, out, err = adapters("install", anode, config, reg)
+    assert code == 0, err
+    assert "remove" in out
+    assert config.read_bytes() == original and adapter_files(anode) == []

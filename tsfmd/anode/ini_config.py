@@ -126,6 +126,8 @@ def apply(original: str, entries: Dict[str, str], path: str) -> Tuple[str, List[
     untouched and unmarked: they were like that before tsfmd.
     """
     parser = load(original, path)
+    if not entries:
+        return original, []
     eol = eol_of(original)
     lines = original.splitlines(keepends=True)
     notes: List[str] = []
