@@ -81,10 +81,9 @@ def class_name(key: str) -> str:
 
 def client_host(host: str) -> str:
     """The address a client on this machine uses for a server bound to `host`."""
-    if host in ("0.0.0.0", "", "*"):
+    # a wildcard bind (IPv6 "::" is dual-stack on Linux by default) is reached on loopback
+    if host in ("0.0.0.0", "", "*", "::", "[::]"):
         return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
     if ":" in host and not host.startswith("["):
         return f"[{host}]"
     return host
