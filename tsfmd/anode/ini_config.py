@@ -143,6 +143,10 @@ def apply(original: str, entries: Dict[str, str], path: str) -> Tuple[str, List[
     replacements: Dict[int, Tuple[int, List[str]]] = {}
     added: List[str] = []
     for key, url in entries.items():
+        if (key in options) != parser.has_option(SECTION, key):
+            raise AdapterError(
+                f"{path}: cannot tell which lines hold [{SECTION}] {key}; set it by hand"
+            )
         if key in options:
             first, last = options[key]
             if parser.get(SECTION, key, raw=True) == url:
