@@ -181,11 +181,14 @@ class Models:
         return self.table.routes.get(path)
 
     def apply(
-        self, specs: Iterable[ModelSpec], on_progress: Optional[Callable[[str], None]] = None
+        self, specs: Iterable[ModelSpec], on_progress: Optional[Callable[[str], None]] = None,
+        quiesce: Optional[Callable[[], None]] = None,
     ) -> dict:
         """Serve `specs`: load new and changed models while the current ones keep serving,
         swap the table in one step, then close removed and replaced models. Models whose
-        spec is unchanged keep their loaded object untouched. Returns what changed."""
+        spec is unchanged keep their loaded object untouched. Returns what changed.
+        `quiesce` returns once requests that may hold a replaced handle have finished, so
+        closing it (its executor refuses work) drops none of them."""
         with self._lock:
             current = self.table.handles
             wanted = {s.key: s for s in specs if s.enabled}
@@ -204,6 +207,8 @@ class Models:
             new_table = ModelTable.build(keep + start)
             self.table = new_table  # the atomic switch: one reference assignment
             retired = [h for k, h in current.items() if new_table.handles.get(k) is not h]
+            if retired and quiesce is not None:
+                quiesce()
             for handle in retired:
                 handle.close()
             changes = {

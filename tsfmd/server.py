@@ -28,26 +28,46 @@ DRAIN_SECONDS = 30.0
 
 
 class InFlight:
-    """WSGI middleware counting requests from arrival until their body is handed over."""
+    """WSGI middleware tracking requests from arrival until their body is handed over.
+
+    Each request gets a sequence number, so a reload can wait for exactly the requests that
+    arrived before its route switch (they may hold a replaced model) and no others.
+    """
 
     def __init__(self, app):
         self.app = app
-        self.count = 0
-        self._lock = threading.Lock()
+        self._active = set()  # sequence numbers of the requests being served
+        self._next = 0
+        self._cond = threading.Condition()
+
+    @property
+    def count(self) -> int:
+        return len(self._active)
 
     def __call__(self, environ, start_response):
-        with self._lock:
-            self.count += 1
+        with self._cond:
+            seq = self._next
+            self._next += 1
+            self._active.add(seq)
         try:
             body = self.app(environ, start_response)
         except BaseException:
-            self._done()
+            self._done(seq)
             raise
-        return _ClosingIterable(body, self._done)
+        return _ClosingIterable(body, lambda: self._done(seq))
 
-    def _done(self):
-        with self._lock:
-            self.count -= 1
+    def _done(self, seq: int) -> None:
+        with self._cond:
+            self._active.discard(seq)
+            self._cond.notify_all()
+
+    def wait_for_earlier(self, timeout: float) -> int:
+        """Wait until every request that arrived before this call has finished (bounded);
+        return how many of them still run."""
+        with self._cond:
+            mark = self._next
+            self._cond.wait_for(lambda: all(s >= mark for s in self._active), timeout)
+            return sum(1 for s in self._active if s < mark)
 
 
 class _ClosingIterable:
@@ -179,7 +199,8 @@ class Daemon:
         if registry.server != self.registry.server:
             log.warning("reload: server settings changed; they take effect at the next restart")
         try:
-            changes = self.models.apply(registry.enabled, self._loading_progress)
+            changes = self.models.apply(registry.enabled, self._loading_progress,
+                                        quiesce=self._quiesce)
         except Exception as exc:  # a bug in a family must not take the daemon down
             log.exception("reload: applying the new registry failed")
             return self._reload_failed([f"applying the registry failed: {exc}"])
@@ -190,6 +211,13 @@ class Daemon:
         self.notifier.ready(f"reloaded: {self.models.table.summary()}")
         log.info("reload done: %s", self.models.table.summary())
         return True
+
+    def _quiesce(self) -> None:
+        """After the route switch: let requests that took a replaced model finish on it."""
+        left = self.inflight.wait_for_earlier(DRAIN_SECONDS)
+        if left:
+            log.warning("reload: %d request(s) from before the switch still run after %.0fs; "
+                        "closing the replaced models anyway", left, DRAIN_SECONDS)
 
     def _reload_failed(self, problems) -> bool:
         self.reloads.update(failed=self.reloads["failed"] + 1, last_successful=False,
