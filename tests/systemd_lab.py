@@ -1,0 +1,209 @@
+"""A real systemd (PID 1 of a private PID + mount namespace) to test tsfmd.service under.
+
+The lab installs the unit with `tsfmd install-unit --root`, creates the tsfmd user with the
+shipped sysusers file into copies of /etc/passwd etc. (bind-mounted inside the namespace
+only), and boots /lib/systemd/system as PID 1 with a unit path of its own. A drop-in changes
+only what the lab must: the registry path (a file of the test's) and a short WatchdogSec.
+The network namespace is the host's, so tests talk to the daemon on 127.0.0.1 directly.
+Nothing outside the namespace changes: /run, /var/lib, /var/log and /var/tmp are tmpfs there;
+teardown SIGKILLs PID 1, which ends everything inside (see ../shared/SYSTEMD.md).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEMD = "/lib/systemd/systemd"
+#: targets the units may name; empty stubs keep the host's real ones out of the lab
+STUB_TARGETS = ("sysinit", "basic", "shutdown", "network", "network-online", "multi-user",
+                "sockets", "paths", "timers", "slices", "local-fs", "remote-fs")
+JOURNALD_UNITS = ("systemd-journald.service", "systemd-journald.socket",
+                  "systemd-journald-dev-log.socket")
+TOOLS = ("unshare", "nsenter", "systemctl", "journalctl", "systemd-sysusers")
+
+BOOT = """#!/bin/bash
+set -e
+mount -t tmpfs tmpfs /run && mkdir -p /run/systemd
+# state, logs and PrivateTmp's /var/tmp stay inside the lab
+for d in /var/lib /var/log /var/tmp; do mount -t tmpfs tmpfs "$d"; done
+# the tsfmd user exists only in here
+for f in passwd group shadow gshadow; do
+  [ -e "/etc/$f" ] && mount --bind "$LAB/sysroot/etc/$f" "/etc/$f"
+done
+export SYSTEMD_UNIT_PATH="$LAB/units:$LAB/sysroot/etc/systemd/system"
+# journal: PID 1 logs to the console until journald runs, then its lines about
+# tsfmd.service (started, reload failed, restarted) show in `journalctl -u tsfmd`
+exec {systemd} --system --unit=lab.target --log-target=journal --log-level=info
+"""
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why a real systemd cannot run here, or None when it can."""
+    if sys.platform != "linux":
+        return "systemd lab needs Linux"
+    if os.geteuid() != 0:
+        return "systemd lab needs root (unshare --pid --mount, systemd as PID 1)"
+    if not os.access(SYSTEMD, os.X_OK):
+        return f"{SYSTEMD} is missing"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"missing tools: {', '.join(missing)}"
+    probe = subprocess.run(["unshare", "--fork", "--pid", "--mount", "--mount-proc", "true"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return f"unshare --pid --mount is not permitted here: {probe.stderr.strip()}"
+    return None
+
+
+class SystemdLab:
+    def __init__(self, lab: Path, registry_text: str, watchdog_sec: int = 6):
+        self.lab = lab
+        self.sysroot = lab / "sysroot"
+        self.units = lab / "units"
+        self.registry = self.sysroot / "etc" / "tsfmd" / "tsfmd.yaml"
+        self.watchdog_sec = watchdog_sec
+        self.pid1: Optional[int] = None
+        self._unshare: Optional[subprocess.Popen] = None
+        self._started = time.time()
+        self._install(registry_text)
+
+    # -- building the lab ---------------------------------------------------------------
+
+    def _install(self, registry_text: str) -> None:
+        tsfmd = str(Path(sys.executable).parent / "tsfmd")
+        run([tsfmd, "install-unit", "--root", str(self.sysroot)])
+        self.registry.write_text(registry_text)
+        etc = self.sysroot / "etc"
+        for name in ("passwd", "group", "shadow", "gshadow"):
+            if Path("/etc", name).exists():
+                shutil.copy2(Path("/etc", name), etc / name)
+        # the shipped sysusers file, applied to the lab's copies only
+        run(["systemd-sysusers", f"--root={self.sysroot}", str(etc / "sysusers.d" / "tsfmd.conf")])
+        self.units.mkdir(parents=True)
+        for target in STUB_TARGETS:
+            (self.units / f"{target}.target").write_text(f"[Unit]\nDescription={target} stub\n")
+        (self.units / "lab.target").write_text("[Unit]\nDescription=lab\n")
+        for unit in JOURNALD_UNITS:
+            shutil.copy2(Path("/lib/systemd/system", unit), self.units / unit)
+        dropin = self.units / "tsfmd.service.d"
+        dropin.mkdir()
+        config_dir = self.registry.parent
+        (dropin / "50-lab.conf").write_text(
+            "# Lab only: the test's registry (bound in, it may sit under PrivateTmp's /tmp),\n"
+            "# a short watchdog, and no hub.\n"
+            "[Service]\n"
+            "ExecStart=\n"
+            f"ExecStart={tsfmd} serve --config {self.registry}\n"
+            f"BindReadOnlyPaths={config_dir}\n"
+            f"WatchdogSec={self.watchdog_sec}\n"
+            "Environment=HF_HUB_OFFLINE=1\n"
+        )
+        boot = self.lab / "boot.sh"
+        boot.write_text(BOOT.format(systemd=SYSTEMD))
+        boot.chmod(0o755)
+
+    def user_id(self, name: str = "tsfmd") -> int:
+        for line in (self.sysroot / "etc" / "passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == name:
+                return int(fields[2])
+        raise KeyError(name)
+
+    # -- booting and driving ------------------------------------------------------------
+
+    def boot(self, timeout: float = 60.0) -> None:
+        env = dict(os.environ, LAB=str(self.lab))
+        log = open(self.lab / "pid1.log", "wb")
+        self._unshare = subprocess.Popen(
+            ["unshare", "--fork", "--pid", "--mount", "--uts", "--mount-proc",
+             "--propagation", "private", "bash", str(self.lab / "boot.sh")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid1 is None:
+            children = Path(f"/proc/{self._unshare.pid}/task/{self._unshare.pid}/children")
+            try:
+                pids = children.read_text().split()
+            except OSError:
+                pids = []
+            if pids:
+                self.pid1 = int(pids[0])
+            elif self._unshare.poll() is not None:
+                break
+            else:
+                time.sleep(0.05)
+        if self.pid1 is None:
+            raise RuntimeError(f"the lab did not start: {self.pid1_log()}")
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.ns("systemctl", "is-system-running").stdout.strip()
+            if state in ("running", "degraded"):
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"the lab's systemd is {state!r}, not running: {self.pid1_log()}")
+        self.systemctl("start", "systemd-journald.socket", "systemd-journald.service", check=True)
+
+    def ns(self, *command: str, check: bool = False, timeout: float = 180.0):
+        """Run a command inside the lab (its mounts and PID namespace)."""
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.pid1), "-m", "-p", *command],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} -> {result.returncode}\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def systemctl(self, *args: str, check: bool = False, timeout: float = 180.0):
+        return self.ns("systemctl", "--no-pager", *args, check=check, timeout=timeout)
+
+    def show(self, unit: str, *props: str) -> dict:
+        out = self.systemctl("show", unit, *(f"--property={p}" for p in props), check=True)
+        return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+    def journal(self, unit: str = "tsfmd.service", *args: str) -> str:
+        return self.ns("journalctl", "--no-pager", "-o", "cat", "-u", unit, *args).stdout
+
+    def pid1_log(self) -> str:
+        try:
+            return (self.lab / "pid1.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        # SIGTERM makes systemd re-exec itself; SIGKILL of PID 1 ends the whole namespace.
+        if self.pid1 is not None:
+            try:
+                os.kill(self.pid1, 9)
+            except ProcessLookupError:
+                pass
+        if self._unshare is not None:
+            try:
+                self._unshare.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._unshare.kill()
+                self._unshare.wait(timeout=10)
+        # PrivateTmp= directories the killed lab left in the host's /tmp
+        for path in Path("/tmp").glob("systemd-private-*-tsfmd.service-*"):
+            try:
+                if path.stat().st_mtime >= self._started - 1:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def run(command, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} -> {result.returncode}: {result.stderr}")
+    return result
