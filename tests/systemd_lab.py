@@ -25,7 +25,7 @@ STUB_TARGETS = ("sysinit", "basic", "shutdown", "network", "network-online", "mu
                 "sockets", "paths", "timers", "slices", "local-fs", "remote-fs")
 JOURNALD_UNITS = ("systemd-journald.service", "systemd-journald.socket",
                   "systemd-journald-dev-log.socket")
-TOOLS = ("unshare", "nsenter", "systemctl", "journalctl", "systemd-sysusers")
+TOOLS = ("timeout", "unshare", "nsenter", "systemctl", "journalctl", "systemd-sysusers")
 
 BOOT = """#!/bin/bash
 set -e
@@ -120,21 +120,21 @@ class SystemdLab:
     def boot(self, timeout: float = 60.0) -> None:
         env = dict(os.environ, LAB=str(self.lab))
         log = open(self.lab / "pid1.log", "wb")
+        # --kill-child: if unshare dies (the test run was killed), PID 1 dies with it;
+        # timeout: a lab nobody tears down still ends within the hour.
         self._unshare = subprocess.Popen(
-            ["unshare", "--fork", "--pid", "--mount", "--uts", "--mount-proc",
-             "--propagation", "private", "bash", str(self.lab / "boot.sh")],
+            ["timeout", "-s", "KILL", "3600", "unshare", "--kill-child", "--pid", "--mount",
+             "--uts", "--mount-proc", "--propagation", "private",
+             "bash", str(self.lab / "boot.sh")],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.pid1 is None:
-            children = Path(f"/proc/{self._unshare.pid}/task/{self._unshare.pid}/children")
-            try:
-                pids = children.read_text().split()
-            except OSError:
-                pids = []
+            unshare = _children(self._unshare.pid)  # timeout -> unshare -> PID 1
+            pids = _children(unshare[0]) if unshare else []
             if pids:
-                self.pid1 = int(pids[0])
+                self.pid1 = pids[0]
             elif self._unshare.poll() is not None:
                 break
             else:
@@ -200,6 +200,13 @@ class SystemdLab:
                     shutil.rmtree(path, ignore_errors=True)
             except OSError:
                 pass
+
+
+def _children(pid: int) -> list:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def run(command, **kwargs) -> subprocess.CompletedProcess:

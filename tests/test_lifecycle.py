@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from conftest import free_port, registry_yaml, wait_until
+from tsfmd import families
 from tsfmd.families import register_family
 from tsfmd.families.base import Capabilities, Family, Forecast, LoadSpec
 from tsfmd.notify import Notifier
@@ -63,7 +64,12 @@ class GateFamily(Family):
         return Forecast(point=point)
 
 
-register_family("lifecycle-gate", f"{__name__}:GateFamily")
+@pytest.fixture(autouse=True, scope="module")
+def gate_family():
+    """Registered for this module's tests only, so no other test sees it among the families."""
+    register_family("lifecycle-gate", f"{__name__}:GateFamily")
+    yield
+    families._FAMILIES.pop("lifecycle-gate", None)  # no public unregister; tests only
 
 
 # -- sd_notify, as systemd receives it ---------------------------------------------------------

@@ -97,6 +97,46 @@ def test_exposure_check_sees_a_weakened_unit(tmp_path):
     assert exposure(tmp_path / "tsfmd.service") > 5.0
 
 
+def install(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([TSFMD, "install-unit", "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=60, check=True)
+
+
+def test_install_unit_dry_run_writes_nothing(tmp_path):
+    out = install(tmp_path, "--dry-run", "--gpu").stdout
+    for path in ("etc/systemd/system/tsfmd.service", "etc/sysusers.d/tsfmd.conf",
+                 "etc/tsfmd/tsfmd.yaml", "etc/systemd/system/tsfmd.service.d/gpu.conf"):
+        assert f"would write {tmp_path / path}:" in out
+    assert f"ExecStart={TSFMD} serve" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_install_unit_keeps_the_operators_registry(tmp_path):
+    registry = tmp_path / "etc/tsfmd/tsfmd.yaml"
+    registry.parent.mkdir(parents=True)
+    registry.write_text("# mine\n")
+    first = install(tmp_path).stdout
+    assert f"kept     {registry} (already there)" in first
+    assert registry.read_text() == "# mine\n"
+    sysusers = tmp_path / "etc/sysusers.d/tsfmd.conf"
+    assert sysusers.read_text() == (REPO / "packaging/sysusers.d/tsfmd.conf").read_text()
+    assert f"replaced {tmp_path / 'etc/systemd/system/tsfmd.service'}" in install(tmp_path).stdout
+    # a fresh root gets the embedded default registry
+    fresh = tmp_path / "fresh"
+    install(fresh)
+    assert (fresh / "etc/tsfmd/tsfmd.yaml").read_text() == (
+        REPO / "tsfmd/data/tsfmd.yaml").read_text()
+
+
+def test_hidden_installation_is_bound_back_in():
+    from tsfmd.install_unit import paths_dropin
+
+    home = paths_dropin(["/root/.pyenv/versions/3.11.7", "/tmp/venv"])
+    assert "ProtectHome=tmpfs\n" in home
+    assert "BindReadOnlyPaths=/root/.pyenv/versions/3.11.7\nBindReadOnlyPaths=/tmp/venv\n" in home
+    assert "ProtectHome" not in paths_dropin(["/tmp/venv"])  # PrivateTmp alone hides /tmp
+
+
 # -- a real systemd ---------------------------------------------------------------------------
 
 REASON = unavailable_reason()
