@@ -36,7 +36,8 @@ class SlowNaiveFamily(Family):
     name = SLOW_FAMILY
 
     def __init__(self):
-        self.calls: List[tuple] = []  # (batch size, horizon, horizons asked) per call
+        self.calls: List[tuple] = []  # (batch size, horizon) per forecast call
+        self.served: List[float] = []  # last value of each series, in the order run
 
     @classmethod
     def load(cls, spec: LoadSpec) -> "SlowNaiveFamily":
@@ -47,6 +48,7 @@ class SlowNaiveFamily(Family):
 
     def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
         self.calls.append((len(batch), horizon))
+        self.served.extend(float(s.values[-1]) for s in batch)
         time.sleep(max(float(s.values[0]) for s in batch) / 1000.0)
         if any(np.any(s.values == POISON) for s in batch):
             raise UnsupportedInput(f"the test family refuses series holding {POISON}")
@@ -310,3 +312,19 @@ def test_make_executor_follows_the_registry_switch():
         assert batched.describe()["queue_size"] == BatchingSettings().queue_size
     finally:
         batched.close()
+
+
+def test_serial_executor_serves_waiters_in_arrival_order():
+    model = SlowNaiveFamily()
+    executor = SerialExecutor(model, "t", BatchingSettings(enabled=False, queue_size=8))
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(executor.submit, request([300, 0], 1))
+        wait_until(lambda: executor.describe()["running"] == 1, timeout=5)
+        waiting = []
+        for i in range(1, 5):
+            waiting.append(pool.submit(executor.submit, request([1, i], 1)))
+            wait_until(lambda: executor.describe()["queue_depth"] == i, timeout=5)
+        answers = [f.result().point[0, 0] for f in [first] + waiting]
+    assert answers == [0, 1, 2, 3, 4]
+    assert model.served == [0, 1, 2, 3, 4]  # first come, first served
+    assert executor.describe()["forecasts"] == 5
