@@ -32,10 +32,18 @@ set -e
 mount -t tmpfs tmpfs /run && mkdir -p /run/systemd
 # state, logs and PrivateTmp's /var/tmp stay inside the lab
 for d in /var/lib /var/log /var/tmp; do mount -t tmpfs tmpfs "$d"; done
+# a fresh /tmp too, so PrivateTmp= leaves nothing in the host's; what the lab needs from
+# the host's /tmp (the lab directory, maybe the venv) is bound back at the same paths
+mkdir /run/host-tmp && mount --bind /tmp /run/host-tmp && mount -t tmpfs tmpfs /tmp
+IFS=: && for p in $KEEP_TMP; do mkdir -p "$p" && mount --bind "/run/host-tmp${{p#/tmp}}" "$p"; done
+unset IFS
 # the tsfmd user exists only in here
 for f in passwd group shadow gshadow; do
   [ -e "/etc/$f" ] && mount --bind "$LAB/sysroot/etc/$f" "/etc/$f"
 done
+# a cgroup of the lab's own: systemd puts its units below the cgroup it starts in, so
+# two labs (or a host systemd) never share /system.slice/tsfmd.service
+for h in $CGROUP_MOUNTS; do mkdir -p "$h$LABCG" && echo 0 > "$h$LABCG/cgroup.procs"; done
 export SYSTEMD_UNIT_PATH="$LAB/units:$LAB/sysroot/etc/systemd/system"
 # journal: PID 1 logs to the console until journald runs, then its lines about
 # tsfmd.service (started, reload failed, restarted) show in `journalctl -u tsfmd`
@@ -70,7 +78,6 @@ class SystemdLab:
         self.watchdog_sec = watchdog_sec
         self.pid1: Optional[int] = None
         self._unshare: Optional[subprocess.Popen] = None
-        self._started = time.time()
         self._install(registry_text)
 
     # -- building the lab ---------------------------------------------------------------
@@ -118,7 +125,12 @@ class SystemdLab:
     # -- booting and driving ------------------------------------------------------------
 
     def boot(self, timeout: float = 60.0) -> None:
-        env = dict(os.environ, LAB=str(self.lab))
+        self.cgroup = f"{_own_cgroup()}/tsfmd-lab-{os.getpid()}-{id(self)}"
+        self._cgroup_dirs = _missing_cgroup_dirs(self.cgroup)
+        keep = {str(self.lab), *(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, REPO))}
+        env = dict(os.environ, LAB=str(self.lab), LABCG=self.cgroup,
+                   CGROUP_MOUNTS=" ".join(_systemd_cgroup_mounts()),
+                   KEEP_TMP=":".join(sorted(p for p in keep if p.startswith("/tmp/"))))
         log = open(self.lab / "pid1.log", "wb")
         # --kill-child: if unshare dies (the test run was killed), PID 1 dies with it;
         # timeout: a lab nobody tears down still ends within the hour.
@@ -193,13 +205,61 @@ class SystemdLab:
             except subprocess.TimeoutExpired:
                 self._unshare.kill()
                 self._unshare.wait(timeout=10)
-        # PrivateTmp= directories the killed lab left in the host's /tmp
-        for path in Path("/tmp").glob("systemd-private-*-tsfmd.service-*"):
-            try:
-                if path.stat().st_mtime >= self._started - 1:
-                    shutil.rmtree(path, ignore_errors=True)
-            except OSError:
-                pass
+        # the cgroups the lab's systemd made, then the parents made for them (never a sibling)
+        deadline = time.monotonic() + 10
+        for root, top in self._cgroup_dirs:
+            lab = root + self.cgroup
+            for directory in sorted((d for d, _, _ in os.walk(lab)), key=len, reverse=True):
+                _rmdir(directory, deadline)
+            parent = os.path.dirname(lab)
+            while len(parent) >= len(top):
+                _rmdir(parent, 0)  # only if empty: it may hold another lab by now
+                parent = os.path.dirname(parent)
+
+
+def _rmdir(directory: str, deadline: float) -> None:
+    while True:  # a cgroup empties a moment after its last process died
+        try:
+            os.rmdir(directory)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+
+
+def _own_cgroup() -> str:
+    """The most specific cgroup this process is in (e.g. a container's memory limit), so
+    the lab's units stay inside it."""
+    paths = [line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()]
+    return max(paths, key=len).rstrip("/")
+
+
+def _systemd_cgroup_mounts() -> list:
+    """The hierarchies systemd tracks its units in: name=systemd and cgroup2 (hybrid), or
+    the cgroup2 root (unified)."""
+    mounts = [m for m in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+              if os.path.exists(f"{m}/cgroup.procs")]
+    return mounts or ["/sys/fs/cgroup"]
+
+
+def _missing_cgroup_dirs(cgroup: str) -> list:
+    """Per hierarchy, (its mount, the topmost directory of `cgroup` not there yet): teardown
+    removes those (systemd creates the path in every hierarchy it uses)."""
+    roots = [str(m) for m in Path("/sys/fs/cgroup").iterdir() if (m / "cgroup.procs").exists()]
+    if Path("/sys/fs/cgroup/cgroup.procs").exists():
+        roots = ["/sys/fs/cgroup"]
+    missing = []
+    for root in roots:
+        path = root
+        for part in cgroup.strip("/").split("/"):
+            path = f"{path}/{part}"
+            if not os.path.exists(path):
+                missing.append((root, path))
+                break
+    return missing
 
 
 def _children(pid: int) -> list:
