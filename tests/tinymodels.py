@@ -17,15 +17,21 @@ CHRONOS2_QUANTILES = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(17)
 BOLT_QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
-def chronos_bolt(directory: Path, context_length: int = 512, prediction_length: int = 16) -> Path:
-    """A 2+2 layer Chronos-Bolt (amazon/chronos-bolt-* layout) saved under `directory`."""
+def chronos_bolt(
+    directory: Path, context_length: int = 512, prediction_length: int = 16, size=None
+) -> Path:
+    """A 2+2 layer Chronos-Bolt (amazon/chronos-bolt-* layout) saved under `directory`.
+
+    `size` overrides the layer sizes (the benchmark builds the published ones).
+    """
     from chronos.chronos_bolt import ChronosBoltModelForForecasting
     from transformers import T5Config
 
     torch.manual_seed(7)
+    dims = dict(d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2, num_heads=4)
+    dims.update(size or {})
     config = T5Config(
-        d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2, num_heads=4,
-        vocab_size=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        **dims, vocab_size=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
         feed_forward_proj="relu", dense_act_fn="relu", is_encoder_decoder=True,
         initializer_factor=0.05, dropout_rate=0.1, layer_norm_epsilon=1e-6,
         relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -46,14 +52,18 @@ def chronos_bolt(directory: Path, context_length: int = 512, prediction_length: 
     return Path(directory)
 
 
-def chronos2(directory: Path, context_length: int = 512, max_output_patches: int = 2) -> Path:
+def chronos2(
+    directory: Path, context_length: int = 512, max_output_patches: int = 2, size=None
+) -> Path:
     """A 2-layer Chronos-2 (amazon/chronos-2 layout) saved under `directory`."""
     from chronos.chronos2 import Chronos2Model
     from chronos.chronos2.config import Chronos2CoreConfig
 
     torch.manual_seed(11)
+    dims = dict(d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
+    dims.update(size or {})
     config = Chronos2CoreConfig(
-        d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, feed_forward_proj="relu",
+        **dims, feed_forward_proj="relu",
         initializer_factor=0.05, dropout_rate=0.1, layer_norm_epsilon=1e-6, vocab_size=2,
         pad_token_id=0, rope_theta=10000.0,
     )
@@ -75,16 +85,21 @@ def chronos2(directory: Path, context_length: int = 512, max_output_patches: int
     return Path(directory)
 
 
-def timesfm25(directory: Path, context_length: int = 1024, horizon_length: int = 32) -> Path:
+def timesfm25(
+    directory: Path, context_length: int = 1024, horizon_length: int = 32, size=None
+) -> Path:
     """A 2-layer TimesFM 2.5 (google/timesfm-2.5-200m-transformers layout) under `directory`."""
     from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
 
     torch.manual_seed(13)
-    config = TimesFm2_5Config(
-        patch_length=32, context_length=context_length, horizon_length=horizon_length,
+    dims = dict(
         num_hidden_layers=2, hidden_size=32, intermediate_size=32, head_dim=8,
         num_attention_heads=4, num_key_value_heads=4, output_quantile_len=2 * horizon_length,
-        decode_index=5, use_bias=False, activation="swish",
+    )
+    dims.update(size or {})
+    config = TimesFm2_5Config(
+        patch_length=32, context_length=context_length, horizon_length=horizon_length,
+        **dims, decode_index=5, use_bias=False, activation="swish",
         quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
         max_position_embeddings=context_length,
     )
