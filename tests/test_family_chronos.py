@@ -8,6 +8,7 @@ used by Chronos-2 and refused by Chronos-Bolt, and batches that answer what each
 answers alone.
 """
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import tinymodels
 from conftest import start_tsfmd
 from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, SeriesInput
-from tsfmd.intervals import quantile_at
+from tsfmd.intervals import median_and_band, quantile_at
 
 BOLT_NATIVE = 16  # prediction_length of the tiny Chronos-Bolt
 C2_NATIVE = 32  # max_output_patches * output_patch_size of the tiny Chronos-2
@@ -49,6 +50,13 @@ def server(tmp_path_factory, checkpoints):
     device: cpu
     context_limit: 64
     horizon_limit: 24
+  c2-batched:
+    family: chronos-2
+    source: {checkpoints['c2']}
+    device: cpu
+    batching:
+      max_batch: 16
+      max_wait_ms: 300
   bolt-wrong-kind:
     family: chronos-bolt
     source: {checkpoints['c2']}
@@ -218,6 +226,40 @@ def test_a_longer_horizon_in_the_same_group_keeps_the_first_steps(families):
             rtol=1e-5, atol=1e-5,
         )
     assert c2.horizon_group(16) != c2.horizon_group(17)
+
+
+def test_concurrent_requests_batched_over_http_answer_as_alone(server, families):
+    """Mixed horizons and covariate shapes through the dynamic batcher: every answer is
+    the one its series gets alone (schema groups and horizon_group at work)."""
+    rng = np.random.default_rng(21)
+    requests_ = []
+    for i, h in enumerate((5, 12, 16, 20, 40, 12, 33, 7)):
+        n = 40 + 9 * i
+        body = {"input": series(n, seed=i).tolist(), "next_len": h, "conf_interval": 0.9}
+        if i % 3 == 1:
+            body["past_dynamic_real"] = [rng.normal(size=n).tolist()]
+        if i % 3 == 2:
+            body["dynamic_real"] = [rng.normal(size=n + h).tolist()]
+        requests_.append(body)
+    with ThreadPoolExecutor(len(requests_)) as pool:
+        answers = list(pool.map(lambda b: forecast_ok(server, "/c2-batched", b), requests_))
+    model = families["chronos-2"]
+    levels = model.capabilities().quantile_levels
+    for body, answer in zip(requests_, answers):
+        n, h = len(body["input"]), body["next_len"]
+        past = body.get("past_dynamic_real")
+        future = body.get("dynamic_real")
+        alone = model.forecast([SeriesInput(
+            values=np.array(body["input"]),
+            past_covariates=np.array(past) if past else None,
+            future_covariates=np.array(future) if future else None,
+        )], h)
+        median, lower, upper = median_and_band(levels, alone.quantiles[0], 0.9)
+        np.testing.assert_allclose(answer["output"], median, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(answer["lower"], lower, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(answer["upper"], upper, rtol=1e-4, atol=1e-4)
+    models = {m["key"]: m for m in server.get("/v1/models").json()["models"]}
+    assert models["c2-batched"]["batching"]["largest_batch"] >= 2  # batches did form
 
 
 # -- limits, /v1/models and load failures -------------------------------------------------
