@@ -58,7 +58,8 @@ def series(count: int, lengths, seed: int = 0) -> list:
     for i in range(count):
         n = lengths[i % len(lengths)]
         t = np.arange(n)
-        out.append(SeriesInput(values=50 + 0.02 * t + 5 * np.sin(t / (6 + i)) + rng.normal(0, 1, n)))
+        values = 50 + 0.02 * t + 5 * np.sin(t / (6 + i)) + rng.normal(0, 1, n)
+        out.append(SeriesInput(values=values))
     return out
 
 
@@ -87,7 +88,8 @@ def bench(family: str, root: Path, repeats: int) -> None:
         short = seconds(lambda: model.forecast(one, 24), repeats)
         long_ = seconds(lambda: model.forecast(one, LONG[family]), max(1, repeats // 2))
         batched = seconds(lambda: model.forecast(eight, 24), repeats) / 8
-        singles = seconds(lambda: [model.forecast([s], 24) for s in eight], max(1, repeats // 2)) / 8
+        alone = [lambda s=s: model.forecast([s], 24) for s in eight]
+        singles = seconds(lambda: [f() for f in alone], max(1, repeats // 2)) / 8
     print(f"{family:13s} build {built:5.1f}s load {loaded:4.1f}s | h24 {short:6.3f} s | "
           f"h{LONG[family]} {long_:6.3f} s | batch8 {batched:6.3f} s/series vs one-at-a-time "
           f"{singles:6.3f} s/series: x{singles / batched:4.2f}", flush=True)

@@ -111,7 +111,8 @@ def test_higher_confidence_gives_wider_band(server, route):
     values = series(90, seed=3).tolist()
     widths = {}
     for conf in (0.5, 0.8, 0.95, 0.99):
-        answer = forecast_ok(server, route, {"input": values, "next_len": 12, "conf_interval": conf})
+        body = {"input": values, "next_len": 12, "conf_interval": conf}
+        answer = forecast_ok(server, route, body)
         widths[conf] = np.array(answer["upper"]) - np.array(answer["lower"])
     # 0.95 and 0.99 lie outside Chronos-Bolt's 0.1..0.9 grid: the tails must still widen
     for narrow, wide in ((0.5, 0.8), (0.8, 0.95), (0.95, 0.99)):
@@ -159,7 +160,8 @@ def test_chronos2_checks_covariate_lengths(server):
     assert r.status_code == 400, r.text
     assert "'dynamic_real'[0] has 50 values" in r.json()["error"]
     assert str(n + h) in r.json()["error"]
-    r = server.post("/c2-t", {"input": values, "next_len": h, "past_dynamic_real": [[1.0] * (n + 1)]})
+    too_long = [[1.0] * (n + 1)]
+    r = server.post("/c2-t", {"input": values, "next_len": h, "past_dynamic_real": too_long})
     assert r.status_code == 400, r.text
     assert "past_dynamic_real" in r.json()["error"]
 
@@ -180,7 +182,8 @@ def test_bolt_refuses_covariates(server, field, extra):
 def _assert_batch_equals_singles(model, batch, horizon):
     together = model.forecast(batch, horizon)
     assert together.point.shape == (len(batch), horizon)
-    assert together.quantiles.shape == (len(batch), horizon, len(model.capabilities().quantile_levels))
+    levels = model.capabilities().quantile_levels
+    assert together.quantiles.shape == (len(batch), horizon, len(levels))
     for i, one in enumerate(batch):
         alone = model.forecast([one], horizon)
         np.testing.assert_allclose(together.quantiles[i], alone.quantiles[0], rtol=1e-4, atol=1e-4)
@@ -222,7 +225,8 @@ def test_a_longer_horizon_in_the_same_group_keeps_the_first_steps(families):
     for short, long_ in ((5, 16), (20, 32), (33, 48)):
         assert c2.horizon_group(short) == c2.horizon_group(long_) == math.ceil(long_ / 16)
         np.testing.assert_allclose(
-            c2.forecast(values, long_).quantiles[0, :short], c2.forecast(values, short).quantiles[0],
+            c2.forecast(values, long_).quantiles[0, :short],
+            c2.forecast(values, short).quantiles[0],
             rtol=1e-5, atol=1e-5,
         )
     assert c2.horizon_group(16) != c2.horizon_group(17)

@@ -88,7 +88,8 @@ def forecast_ok(server, route, body):
 @pytest.mark.parametrize("horizon", [1, 20, 70])  # one block, and three blocks decoded
 @pytest.mark.parametrize("length", [1, 45, 300])  # a single point, part of a patch, many
 def test_forecast_shape_finite_and_ordered(server, horizon, length):
-    body = {"input": series(length, seed=length).tolist(), "next_len": horizon, "conf_interval": 0.9}
+    values = series(length, seed=length).tolist()
+    body = {"input": values, "next_len": horizon, "conf_interval": 0.9}
     answer = forecast_ok(server, "/tfm-t", body)
     output, lower, upper = (np.array(answer[k]) for k in ("output", "lower", "upper"))
     assert output.shape == lower.shape == upper.shape == (horizon,)
@@ -100,7 +101,8 @@ def test_higher_confidence_gives_wider_band(server):
     values = series(150, seed=3).tolist()
     widths = {}
     for conf in (0.5, 0.8, 0.95, 0.99):  # 0.95 and 0.99 lie outside the 0.1..0.9 grid
-        answer = forecast_ok(server, "/tfm-t", {"input": values, "next_len": 40, "conf_interval": conf})
+        body = {"input": values, "next_len": 40, "conf_interval": conf}
+        answer = forecast_ok(server, "/tfm-t", body)
         widths[conf] = np.array(answer["upper"]) - np.array(answer["lower"])
     for narrow, wide in ((0.5, 0.8), (0.8, 0.95), (0.95, 0.99)):
         assert (widths[wide] >= widths[narrow] - 1e-9).all(), (narrow, wide)
@@ -154,6 +156,24 @@ def test_clamp_at_zero_is_decided_per_series(model):
     assert (together.quantiles[0] == 0).any()  # the rule did clamp something here
     alone = model.forecast([batch[0]], 40)
     np.testing.assert_allclose(together.quantiles[0], alone.quantiles[0], rtol=1e-4, atol=1e-4)
+
+
+def test_one_block_equals_the_library_forward_pass(model, checkpoints):
+    """tsfmd pads to whole patches of the longest series, not to the full context as
+    transformers does by default: the numbers must not change."""
+    import torch
+    from transformers import TimesFm2_5ModelForPrediction
+
+    reference = TimesFm2_5ModelForPrediction.from_pretrained(str(checkpoints["good"])).eval()
+    for values in (series(77, seed=4, level=-3.0), series(300, seed=6)):
+        with torch.inference_mode():
+            full = reference(past_values=[torch.tensor(values, dtype=torch.float32)])
+        expected = full.full_predictions[0].double().numpy()  # [BLOCK, 1 + 9], context 1024
+        ours = model.forecast([SeriesInput(values=values)], BLOCK)
+        np.testing.assert_allclose(ours.quantiles[0], expected[:, 1:], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            ours.point[0], full.mean_predictions[0].numpy(), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_a_longer_horizon_keeps_the_first_steps(model):

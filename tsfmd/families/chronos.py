@@ -43,7 +43,9 @@ _FAMILY_OF_PIPELINE = {
 }
 
 # tsfmd enforces its own horizon limit; the pipelines' per-call advice is noise in the log.
-warnings.filterwarnings("ignore", message="We recommend keeping prediction length", module="chronos")
+warnings.filterwarnings(
+    "ignore", message="We recommend keeping prediction length", module="chronos"
+)
 
 
 class _ChronosFamily(Family):
