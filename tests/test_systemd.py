@@ -297,3 +297,21 @@ class TestUnderSystemd:
         assert lab.ns("test", "-e", f"/proc/{pid}").returncode == 1  # the process is gone
         with pytest.raises(requests.ConnectionError):
             requests.get(lab.url + "/healthz", timeout=5)
+
+    def test_invalid_registry_at_start_fails_without_a_restart_loop(self, lab):
+        """Exit 2 (invalid registry) is in RestartPreventExitStatus=: restarting cannot fix
+        a file, so the unit fails once, visibly, instead of cycling."""
+        good = lab.registry.read_text()
+        lab.registry.write_text(good.replace("family: fracast", "family: fracastt", 1))
+        try:
+            before = int(lab.show("tsfmd.service", "NRestarts")["NRestarts"])
+            assert lab.systemctl("start", "tsfmd.service").returncode != 0
+            time.sleep(3)  # past RestartSec=2: a restart would have happened by now
+            props = lab.show("tsfmd.service", "ActiveState", "Result", "ExecMainStatus",
+                             "NRestarts")
+            assert props == {"ActiveState": "failed", "Result": "exit-code",
+                             "ExecMainStatus": "2", "NRestarts": str(before)}, props
+            assert "unknown family 'fracastt'" in lab.journal("tsfmd.service", "--priority=err")
+        finally:
+            lab.registry.write_text(good)
+            lab.systemctl("reset-failed", "tsfmd.service")
