@@ -129,7 +129,8 @@ def cmd_install_unit(args) -> int:
             print(f"kept     {target} (already there)")
             continue
         if args.dry_run:
-            print(f"would write {target}:\n" + "".join(f"    {l}\n" for l in item.text.splitlines()))
+            indented = "".join(f"    {line}\n" for line in item.text.splitlines())
+            print(f"would write {target}:\n{indented}")
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         existed = target.exists()

@@ -332,4 +332,5 @@ def _set_torch_threads(configured: Optional[int]) -> None:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = configured or max(1, usable or 1)
     torch.set_num_threads(threads)
-    log.info("torch intra-op threads: %d%s", threads, " (server.torch_threads)" if configured else "")
+    log.info("torch intra-op threads: %d%s", threads,
+             " (server.torch_threads)" if configured else "")
