@@ -227,18 +227,21 @@ def request(values, horizon: int) -> ForecastRequest:
 
 
 def submit_together(executor, requests):
-    """Submit all at once from threads; each outcome is a Forecast or the exception."""
-    gate = threading.Barrier(len(requests))
-
+    """Queue all `requests` behind a slow one, so they meet in one batch when it ends;
+    returns each one's Forecast or exception (the slow one's call is the model's first)."""
     def one(req):
-        gate.wait()
         try:
             return executor.submit(req)
         except Exception as exc:
             return exc
 
-    with ThreadPoolExecutor(len(requests)) as pool:
-        return list(pool.map(one, requests))
+    with ThreadPoolExecutor(len(requests) + 1) as pool:
+        blocker = pool.submit(one, request([300, 0], 1))
+        wait_until(lambda: executor.describe()["running"] == 1, timeout=10)
+        futures = [pool.submit(one, req) for req in requests]
+        wait_until(lambda: executor.describe()["queue_depth"] == len(requests), timeout=10)
+        assert blocker.result().point.shape == (1, 1)
+        return [f.result() for f in futures]
 
 
 def test_a_bad_series_fails_only_its_own_request():
@@ -254,8 +257,8 @@ def test_a_bad_series_fails_only_its_own_request():
     for i in (0, 1, 3):
         assert outcomes[i].point.shape == (1, 3 + i)
         np.testing.assert_allclose(outcomes[i].point[0], i + np.arange(3 + i) / 1000.0)
-    assert model.calls[0][0] == 4  # one batch first, then each on its own
-    assert sorted(size for size, _ in model.calls[1:]) == [1, 1, 1, 1]
+    assert model.calls[1][0] == 4  # one batch first, then each on its own
+    assert sorted(size for size, _ in model.calls[2:]) == [1, 1, 1, 1]
     assert executor.describe()["failed_batches"] == 1
 
 
@@ -268,7 +271,7 @@ def test_batch_forecasts_to_the_longest_horizon_and_cuts_each():
         outcomes = submit_together(executor, reqs)
     finally:
         executor.close()
-    assert model.calls == [(4, 30)]
+    assert model.calls[1:] == [(4, 30)]
     for i, (req, got) in enumerate(zip(reqs, outcomes)):
         np.testing.assert_allclose(got.point[0], 10.0 * i + np.arange(req.horizon) / 1000.0)
 
@@ -280,8 +283,22 @@ def test_horizon_group_keeps_different_horizons_apart():
         outcomes = submit_together(executor, [request([1, 2], h) for h in (5, 9, 5, 9, 5)])
     finally:
         executor.close()
-    assert sorted(model.calls) == [(2, 9), (3, 5)]
+    assert sorted(model.calls[1:]) == [(2, 9), (3, 5)]
     assert [o.point.shape[1] for o in outcomes] == [5, 9, 5, 9, 5]
+
+
+def test_a_lone_caller_does_not_wait_for_company():
+    # max_wait is a minute: a worker that waited for company would not answer in time
+    model = SlowNaiveFamily()
+    executor = BatchingExecutor(model, BatchingSettings(max_batch=8, max_wait_ms=60000), "t")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            for i in range(3):
+                answer = pool.submit(executor.submit, request([1, i], 1)).result(timeout=20)
+                assert answer.point[0, 0] == i
+    finally:
+        executor.close()
+    assert model.calls == [(1, 1)] * 3
 
 
 def test_close_answers_queued_requests_and_stops_the_worker():

@@ -2,10 +2,11 @@
 
 Each batched model has a bounded queue and one inference worker thread. The worker takes
 the oldest waiting request, waits until `max_batch` requests wait or the oldest has waited
-`max_wait_ms`, and runs them as ONE `family.forecast(series, longest horizon)` call under
-`torch.inference_mode()`. Every caller gets its own batch-of-1 `Forecast`, cut to its
-horizon. One worker per model means one forward pass at a time per model: on a small CPU
-concurrent requests queue instead of fighting over the cores.
+`max_wait_ms` (no wait while requests come one at a time), and runs them as ONE
+`family.forecast(series, longest horizon)` call under `torch.inference_mode()`. Every
+caller gets its own batch-of-1 `Forecast`, cut to its horizon. One worker per model means
+one forward pass at a time per model: on a small CPU concurrent requests queue instead of
+fighting over the cores.
 
 Overload is answered, never absorbed:
   * queue full                   -> 503 with Retry-After, at once;
@@ -140,6 +141,7 @@ class BatchingExecutor:
         self._running = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._expect_company = False  # were requests concurrent lately? then gather
         self._group = getattr(model, "horizon_group", None)
         self._worker = threading.Thread(target=self._work, name=f"batch-{key}", daemon=True)
         self._worker.start()
@@ -246,9 +248,11 @@ class BatchingExecutor:
             if self._closing:
                 return None
             # Wait for company until the oldest request has waited max_wait: a request that
-            # queued behind a running batch has waited already and goes at once.
+            # queued behind a running batch has waited already and goes at once, and a lone
+            # caller (the last batch was one request with nobody behind it) does not wait.
             gather_until = self._queue[0].enqueued + self.max_wait_s
-            while len(self._queue) < self.max_batch and not self._closing:
+            while (self._expect_company and len(self._queue) < self.max_batch
+                   and not self._closing):
                 left = gather_until - time.monotonic()
                 if left <= 0 or not self._queue:
                     break
@@ -265,6 +269,7 @@ class BatchingExecutor:
                     continue
                 job.state = "running"
                 jobs.append(job)
+            self._expect_company = len(jobs) > 1 or bool(self._queue)
             self._running = len(jobs)
             return jobs
 
