@@ -5,7 +5,7 @@ weights stored in bfloat16 like the released files, loaded through the same path
 weights) and prints, per config:
   * float32 and the default CPU mode (`auto`), batch 1 (s/forecast) and batch 8 (s/series);
   * the naive generation loop without the KV cache, in the same run, and the ratio;
-  * the default mode's largest deviation from float32, in units of each series' std.
+  * how far the default mode's forecasts are from float32's, in units of each series' std.
 The original implementation (trust_remote_code, transformers 4.40.1) measured on this
 machine kind: 0.68 s fp32 and 0.46 s bf16 per forecast (50M, batch 1); the goal for the
 default mode is <= 0.34 s. Run under `flock /tmp/tsfmd-bench.lock` so benchmarks never
@@ -16,18 +16,17 @@ share the cores:
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-from tsfmd.families.base import SeriesInput
+from tsfmd.families.base import LoadSpec, SeriesInput
 from tsfmd.families.timemoe.config import OFFICIAL
 from tsfmd.families.timemoe.family import TimeMoeFamily, normalise, resolve_dtype
 from tsfmd.families.timemoe.generate import generate_without_cache
-from tsfmd.families.timemoe.weights import load_model, write_random_checkpoint
+from tsfmd.families.timemoe.weights import write_random_checkpoint
 
 ORIGINAL_FP32_S = 0.68  # the original code, 50M, batch 1, this machine kind (issue 4)
 
@@ -42,52 +41,55 @@ def series(count: int, length: int, seed: int = 0) -> list:
 
 
 def timed(fn, repeat: int) -> float:
+    """The fastest of `repeat` runs after a warm-up: other work on the shared cores only
+    ever adds time, so the minimum is the steadiest estimate of the engine's own cost."""
     fn()  # warm-up: allocator, oneDNN kernels
     runs = []
     for _ in range(repeat):
         started = time.perf_counter()
         fn()
         runs.append(time.perf_counter() - started)
-    return statistics.median(runs)
+    return min(runs)
 
 
-def family(directory: str, dtype: torch.dtype) -> TimeMoeFamily:
-    model = load_model(directory, dtype=dtype)
-    from tsfmd.families.base import Capabilities
-    return TimeMoeFamily(model, Capabilities(context_limit=4096, horizon_limit=2048))
+def load(directory: str, dtype: str) -> TimeMoeFamily:
+    """Through the family's own load path, as a registry entry `source: <directory>`."""
+    return TimeMoeFamily.load(LoadSpec(key="bench", source=directory, dtype=dtype, device="cpu"))
 
 
-def run(name: str, context: int, horizon: int, repeat: int) -> None:
+def run(name: str, context: int, horizon: int, repeat: int, accuracy_series: int) -> None:
     default = resolve_dtype("auto", "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         # bfloat16 on disk, as the released checkpoints store their weights
         write_random_checkpoint(tmp, OFFICIAL[name], seed=0, dtype=torch.bfloat16)
-        fp32 = family(tmp, torch.float32)
-        fast = family(tmp, default)
+        fp32, fast = load(tmp, "float32"), load(tmp, "auto")
         one, eight = series(1, context), series(8, context, seed=1)
-        print(f"\n{name}: context {context}, horizon {horizon}, {torch.get_num_threads()} threads")
-        rows = {}
+        print(f"\n{name}: context {context}, horizon {horizon}, {torch.get_num_threads()} threads,"
+              f" best of {repeat}")
+        batch1 = {}
         with torch.inference_mode():
-            for label, fam in (("float32", fp32), (f"default ({str(default)[6:]})", fast)):
+            for label, fam in (("float32", fp32), (f"auto ({str(default)[6:]})", fast)):
                 b1 = timed(lambda: fam.forecast(one, horizon), repeat)
                 b8 = timed(lambda: fam.forecast(eight, horizon), max(1, repeat // 2)) / 8
-                rows[label] = b1
-                print(f"  {label:20s} batch 1: {b1:.3f} s/forecast   batch 8: {b8:.3f} s/series")
+                batch1[label] = b1
+                print(f"  {label:22s} batch 1: {b1:.3f} s/forecast   batch 8: {b8:.3f} s/series")
             normed = [normalise(s.values)[0] for s in one]
             naive = timed(lambda: generate_without_cache(fp32.model, normed, horizon),
                           max(1, repeat // 2))
-            print(f"  {'float32, no KV cache':20s} batch 1: {naive:.3f} s/forecast")
-            cached = rows["float32"]
-            print(f"  KV cache speed-up (float32): {naive / cached:.2f}x")
-            for label, b1 in rows.items():
-                print(f"  {label}: {ORIGINAL_FP32_S / b1:.2f}x the original's float32 "
-                      f"({ORIGINAL_FP32_S} s)" if name == "TimeMoE-50M" else "", end="")
-                print() if name == "TimeMoE-50M" else None
-            ref = fp32.forecast(eight, horizon).point
-            got = fast.forecast(eight, horizon).point
-            std = np.array([np.std(s.values, ddof=1) for s in eight])[:, None]
-            print(f"  default vs float32: max |diff| = {np.max(np.abs(got - ref) / std):.4f} "
-                  "series std (goal <= 0.01)")
+            print(f"  {'float32, no KV cache':22s} batch 1: {naive:.3f} s/forecast "
+                  f"(the cached loop is {naive / batch1['float32']:.2f}x faster)")
+            if name == "TimeMoE-50M":
+                for label, b1 in batch1.items():
+                    print(f"  {label}: {ORIGINAL_FP32_S / b1:.2f}x faster than the original's "
+                          f"float32 ({ORIGINAL_FP32_S} s); goal for auto: <= 0.34 s")
+            many = series(accuracy_series, context, seed=2)
+            ref = fp32.forecast(many, horizon).point
+            got = fast.forecast(many, horizon).point
+        std = np.array([np.std(s.values, ddof=1) for s in many])[:, None]
+        worst = np.max(np.abs(got - ref) / std, axis=1)  # per series, over the horizon
+        print(f"  auto vs float32 over {accuracy_series} series, largest deviation per series "
+              f"in series std: median {np.median(worst):.4f}, 90th percentile "
+              f"{np.percentile(worst, 90):.4f}, max {worst.max():.4f} (goal <= 0.01)")
 
 
 def main() -> None:
@@ -96,9 +98,10 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--horizon", type=int, default=96)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--accuracy-series", type=int, default=16)
     args = parser.parse_args()
     for size in args.configs:
-        run(f"TimeMoE-{size}", args.context, args.horizon, args.repeat)
+        run(f"TimeMoE-{size}", args.context, args.horizon, args.repeat, args.accuracy_series)
 
 
 if __name__ == "__main__":

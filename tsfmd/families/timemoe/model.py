@@ -13,8 +13,9 @@ Inference layout, chosen for speed on CPUs:
   Only attention sees the padded grid [B, T] (series left-padded, so the last column is
   every series' newest token); the per-token work (projections, experts, norms) never runs
   on padding.
-* The residual stream, norms, router, rotary and heads stay in float32; the big matrix
-  products run in the model's compute dtype (float32, bfloat16 or float16).
+* The residual stream, norms, router, rotary and heads stay in float32; the feed-forward
+  products run in the compute dtype (float32, bfloat16 or float16), attention in its own
+  (see `set_compute_dtype`).
 * Weights are fused where the original runs several products on the same input
   (q/k/v; each expert's gate/up; the router with the shared-expert gate).
 * `last_only=True` makes the final layer compute its queries and feed-forward for the last
@@ -127,7 +128,7 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(-1, self.heads * self.head_dim)
         if not last_only and step.rows is not None:
             out = out.index_select(0, step.rows)
-        return self.wo(out)
+        return self.wo(out.to(self.wo.weight.dtype))
 
 
 class SwiGLU(nn.Module):
@@ -140,7 +141,7 @@ class SwiGLU(nn.Module):
         self.act = _ACT[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        gate, up = self.gate_up(x.to(self.gate_up.weight.dtype)).chunk(2, dim=-1)
         return self.down(self.act(gate) * up)
 
 
@@ -162,7 +163,7 @@ class SparseMoE(nn.Module):
         probs = torch.softmax(logits[:, : self.num_experts], dim=-1)
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)
         xc = x.to(self.gate_up.dtype)
-        out = self.shared(xc).float() * torch.sigmoid(logits[:, self.num_experts:])
+        out = self.shared(x).float() * torch.sigmoid(logits[:, self.num_experts:])
         # Group the (token, expert) pairs by expert so each expert runs one product over
         # exactly the tokens routed to it; experts nobody chose cost nothing.
         flat = chosen.reshape(-1)
@@ -190,7 +191,7 @@ class DenseFFN(nn.Module):
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x.to(self.mlp.down.weight.dtype)).float()
+        return self.mlp(x).float()
 
 
 class DecoderLayer(nn.Module):
@@ -226,16 +227,26 @@ class TimeMoe(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return self.layers[0].attn.wqkv.weight.dtype
+        return self.layers[0].attn.wqkv.weight.dtype  # also the KV cache's dtype
 
     @property
     def device(self) -> torch.device:
         return self.embed_gate.device
 
-    def set_compute_dtype(self, dtype: torch.dtype) -> "TimeMoe":
-        """Big products in `dtype`; norms, router, embedding and heads stay float32."""
+    def set_compute_dtype(
+        self, dtype: torch.dtype, attention_dtype: Optional[torch.dtype] = None
+    ) -> "TimeMoe":
+        """The feed-forward products (experts, shared expert: ~85% of the arithmetic) in
+        `dtype`; attention (projections, KV cache, scores) in `attention_dtype` (default
+        `dtype`); norms, router, embedding and heads always in float32.
+
+        On CPUs tsfmd passes attention_dtype=float32 with bfloat16: measured on random
+        weights of the 50M and 200M configs (32 series, context 512, horizon 96), bfloat16
+        attention moved forecasts by up to 4.7% of the series' std from float32 (90th
+        percentile 4.5% on 200M), bfloat16 feed-forwards alone by 0.4% (90th percentile),
+        for about 15% of the arithmetic."""
         for layer in self.layers:
-            layer.attn.to(dtype)
+            layer.attn.to(attention_dtype or dtype)
             ffn = layer.ffn
             if isinstance(ffn, SparseMoE):
                 ffn.gate_up.data = ffn.gate_up.data.to(dtype)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Mapping, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -150,9 +150,13 @@ def read_config(directory: Union[str, Path]) -> TimeMoeConfig:
 
 
 def load_model(
-    directory: Union[str, Path], dtype: torch.dtype = torch.float32, device: str = "cpu"
+    directory: Union[str, Path],
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    attention_dtype: Optional[torch.dtype] = None,
 ) -> TimeMoe:
-    """Build a TimeMoe from an official checkpoint directory, ready for inference."""
+    """Build a TimeMoe from an official checkpoint directory, ready for inference.
+    `dtype` is the feed-forward's, `attention_dtype` attention's (default: `dtype`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -166,7 +170,7 @@ def load_model(
     check_keys(cfg, tensors)
     model = TimeMoe(cfg)
     model.load_state_dict(to_native(cfg, tensors), strict=True)
-    model.set_compute_dtype(dtype)
+    model.set_compute_dtype(dtype, attention_dtype)
     return model.to(device).eval().requires_grad_(False)
 
 
