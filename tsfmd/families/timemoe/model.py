@@ -142,7 +142,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x.to(self.gate_up.weight.dtype)).chunk(2, dim=-1)
-        return self.down(self.act(gate) * up)
+        return self.down((self.act(gate) * up).to(self.down.weight.dtype))
 
 
 class SparseMoE(nn.Module):
@@ -177,7 +177,7 @@ class SparseMoE(nn.Module):
                 continue
             seg = routed[offset:offset + count]
             gate, up = F.linear(seg, self.gate_up[expert]).chunk(2, dim=-1)
-            pieces.append(F.linear(self.act(gate) * up, self.down[expert]))
+            pieces.append(F.linear((self.act(gate) * up).to(self.down.dtype), self.down[expert]))
             offset += count
         expert_out = torch.cat(pieces).float() * weights.reshape(-1)[order].unsqueeze(-1)
         return out.index_add_(0, tokens, expert_out)
