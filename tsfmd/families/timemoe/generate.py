@@ -125,22 +125,28 @@ def hidden_states(model: TimeMoe, series: Sequence[np.ndarray]) -> List[torch.Te
     return list(hidden.split([len(s) for s in series]))
 
 
-def plan_groups(lengths: Sequence[int], short: int = 256) -> List[List[int]]:
+def plan_groups(
+    lengths: Sequence[int], short: int = 256, max_cells: int = 32768
+) -> List[List[int]]:
     """Split a batch into groups run one after another, longest first.
 
     Per-token work is packed (padding costs nothing there), but attention runs on the
     padded grid, whose cost grows with the longest length squared. A series joins the
     current group when it is at least half as long as the group's longest (its grid costs
     at most 4x its own attention) or the group is short anyway; one 4000-point series and
-    seven 50-point ones then run as two groups, not one 8 x 4000 grid.
+    seven 50-point ones then run as two groups, not one 8 x 4000 grid. A group also stops
+    at `max_cells` grid cells, which bounds the KV cache and mask memory (16 series of
+    4096 points would need 2.4 GB of float32 cache for the 50M model; 8 x 4096 = 1.2 GB).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: List[List[int]] = []
     for i in order:
         if groups:
-            longest = lengths[groups[-1][0]]
-            if 2 * lengths[i] >= longest or longest <= short:
-                groups[-1].append(i)
+            group = groups[-1]
+            longest = lengths[group[0]]
+            fits = (len(group) + 1) * longest <= max_cells
+            if fits and (2 * lengths[i] >= longest or longest <= short):
+                group.append(i)
                 continue
         groups.append([i])
     return groups
