@@ -238,3 +238,18 @@ def test_random_checkpoints_use_the_official_layout(tmp_path):
     assert all(v.dtype == torch.bfloat16 for v in tensors.values())
     total = sum(v.numel() for v in tensors.values())
     assert 110e6 < total < 116e6  # "50M activated, 113M total" (Time-MoE model card)
+
+
+@pytest.mark.parametrize("change", [{"num_key_value_heads": 2}, {"use_dense": True}])
+def test_grouped_query_and_dense_variants_load_and_generate(tmp_path, change):
+    """Config variants the released models do not use but the official code supports."""
+    raw = json.loads((TINY / "config.json").read_text())
+    raw.update(change)
+    write_random_checkpoint(tmp_path, raw, seed=2)
+    fam = load(tmp_path)
+    normed = [normalise(wave(n, seed=n))[0] for n in (80, 33)]
+    with torch.inference_mode():
+        cached = generate(fam.model, normed, 40).numpy()
+        assert_close(cached, generate_without_cache(fam.model, normed, 40).numpy())
+        assert_close(cached[1], generate(fam.model, normed[1:], 40).numpy()[0])
+    assert np.isfinite(cached).all() and np.abs(cached).max() > 1e-3
