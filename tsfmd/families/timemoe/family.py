@@ -6,6 +6,10 @@ continuation, and that is scaled back. A constant series (std 0) is normalised w
 scale 1 and scaled back with 0, so its forecast is the constant, never NaN. Context plus
 horizon must fit the model's position limit (4096 for the released models): longer input
 keeps its most recent points.
+
+Precision (registry `dtype`): float32, bfloat16 or float16 for the feed-forward products;
+on CPUs attention always runs in float32 (see model.TimeMoe.set_compute_dtype). `auto` is
+bfloat16 on GPUs and on CPUs with native bfloat16 (avx512_bf16, AMX), else float32.
 """
 from __future__ import annotations
 
