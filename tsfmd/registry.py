@@ -81,7 +81,7 @@ class ModelSpec:
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 5001
-    threads: int = 8
+    threads: int = 32  # requests wait on models, not on cores; keep >= max_batch
     max_request_bytes: int = 16 * 1024 * 1024
     state_dir: Optional[str] = None
     torch_threads: Optional[int] = None
