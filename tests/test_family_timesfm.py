@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tinymodels
+from tinymodels import forecast_ok, series
 from conftest import start_tsfmd
 from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, SeriesInput
@@ -69,20 +70,6 @@ def server(tmp_path_factory, checkpoints):
 @pytest.fixture(scope="module")
 def model(checkpoints):
     return get_family("timesfm-2.5").load(LoadSpec(key="tfm", source=str(checkpoints["good"])))
-
-
-def series(n, seed=0, level=20.0):
-    rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    return level + 0.1 * t + 3 * np.sin(t / 5) + rng.normal(0, 0.5, n)
-
-
-def forecast_ok(server, route, body):
-    r = server.post(route, body)
-    assert r.status_code == 200, r.text
-    answer = r.json()
-    assert answer["status"] == "success"
-    return answer
 
 
 @pytest.mark.parametrize("horizon", [1, 20, 70])  # one block, and three blocks decoded

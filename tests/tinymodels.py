@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 #: Chronos-2's published quantile grid
@@ -105,3 +106,19 @@ def timesfm25(
     )
     TimesFm2_5ModelForPrediction(config).save_pretrained(directory)
     return Path(directory)
+
+
+def series(n, seed=0, level=20.0):
+    """A trending, seasonal, noisy series for family tests."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return level + 0.1 * t + 3 * np.sin(t / 5) + rng.normal(0, 0.5, n)
+
+
+def forecast_ok(server, route, body):
+    """POST a forecast and return its JSON body, failing the test on anything but success."""
+    r = server.post(route, body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["status"] == "success"
+    return answer

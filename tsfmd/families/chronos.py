@@ -52,6 +52,8 @@ class _ChronosFamily(Family):
     """Loading shared by both Chronos families; subclasses say which pipeline they serve."""
 
     pipeline_class = ""
+    #: whether the pipeline takes past and known-future covariates
+    covariates = False
     #: dtype for `dtype: auto` on a GPU
     auto_cuda_dtype = "float32"
 
@@ -98,7 +100,16 @@ class _ChronosFamily(Family):
 
     @classmethod
     def _capabilities(cls, pipeline, spec: LoadSpec) -> Capabilities:
-        raise NotImplementedError
+        return Capabilities(
+            context_limit=resolve_limit(spec.context_limit, pipeline.model_context_length),
+            horizon_limit=resolve_limit(
+                spec.horizon_limit, max(MAX_HORIZON, pipeline.model_prediction_length)
+            ),
+            min_context=MIN_CONTEXT,
+            quantile_levels=tuple(float(q) for q in pipeline.quantiles),
+            past_covariates=cls.covariates,
+            future_covariates=cls.covariates,
+        )
 
     def capabilities(self) -> Capabilities:
         return self._caps
@@ -118,17 +129,6 @@ class ChronosBoltFamily(_ChronosFamily):
     # Chronos-Bolt's authors run it in bfloat16 on GPUs; on a CPU tsfmd keeps float32.
     auto_cuda_dtype = "bfloat16"
 
-    @classmethod
-    def _capabilities(cls, pipeline, spec: LoadSpec) -> Capabilities:
-        return Capabilities(
-            context_limit=resolve_limit(spec.context_limit, pipeline.model_context_length),
-            horizon_limit=resolve_limit(
-                spec.horizon_limit, max(MAX_HORIZON, pipeline.model_prediction_length)
-            ),
-            min_context=MIN_CONTEXT,
-            quantile_levels=tuple(float(q) for q in pipeline.quantiles),
-        )
-
     def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
         import torch
 
@@ -144,18 +144,7 @@ class Chronos2Family(_ChronosFamily):
     name = "chronos-2"
     pipeline_class = "Chronos2Pipeline"
 
-    @classmethod
-    def _capabilities(cls, pipeline, spec: LoadSpec) -> Capabilities:
-        return Capabilities(
-            context_limit=resolve_limit(spec.context_limit, pipeline.model_context_length),
-            horizon_limit=resolve_limit(
-                spec.horizon_limit, max(MAX_HORIZON, pipeline.model_prediction_length)
-            ),
-            min_context=MIN_CONTEXT,
-            quantile_levels=tuple(float(q) for q in pipeline.quantiles),
-            past_covariates=True,
-            future_covariates=True,
-        )
+    covariates = True
 
     def horizon_group(self, horizon: int) -> int:
         """Requests may share a batch only with the same count of output patches.
