@@ -103,6 +103,20 @@ class Stats:
         old = self.seconds_per_forecast
         self.seconds_per_forecast = per if old == 0.0 else (1 - _EWMA) * old + _EWMA * per
 
+    def retry_after(self, backlog: int) -> str:
+        """Seconds until `backlog` forecasts are likely done, from the measured pace (>= 1)."""
+        return str(max(1, math.ceil(backlog * self.seconds_per_forecast)))
+
+    def queue_full(self, key: str, waiting: int, queue_size: int, backlog: int) -> RequestError:
+        """Count a rejection and return the 503 that says so."""
+        self.rejected_full += 1
+        return RequestError(
+            503,
+            f"model {key} is busy: {waiting} requests already wait "
+            f"(batching.queue_size {queue_size}); retry later",
+            {"Retry-After": self.retry_after(backlog)},
+        )
+
     def as_dict(self) -> dict:
         return {
             "forecasts": self.forecasts,
@@ -156,13 +170,8 @@ class BatchingExecutor:
             if self._closing:
                 raise RequestError(503, f"model {self.key} is shutting down", {"Retry-After": "5"})
             if len(self._queue) >= self.queue_size:
-                self.stats.rejected_full += 1
-                raise RequestError(
-                    503,
-                    f"model {self.key} is busy: {len(self._queue)} requests already wait "
-                    f"(batching.queue_size {self.queue_size}); retry later",
-                    {"Retry-After": self._retry_after()},
-                )
+                backlog = len(self._queue) + self._running
+                raise self.stats.queue_full(self.key, len(self._queue), self.queue_size, backlog)
             self._queue.append(job)
             self._cond.notify_all()
         self._wait(job)
@@ -219,8 +228,7 @@ class BatchingExecutor:
 
     def _retry_after(self) -> str:
         """Seconds until the queue has likely drained, from the measured pace (at least 1)."""
-        backlog = len(self._queue) + self._running
-        return str(max(1, math.ceil(backlog * self.stats.seconds_per_forecast)))
+        return self.stats.retry_after(len(self._queue) + self._running)
 
     # -- the worker's side ---------------------------------------------------------------
 

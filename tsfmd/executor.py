@@ -10,7 +10,6 @@ Retry-After. The batching executor lives in `tsfmd/batching.py`.
 from __future__ import annotations
 
 import collections
-import math
 import threading
 import time
 from typing import Callable, Deque, Optional
@@ -64,13 +63,8 @@ class SerialExecutor:
                 self._busy = True
                 return
             if len(self._waiters) >= self.queue_size:
-                self.stats.rejected_full += 1
-                raise RequestError(
-                    503,
-                    f"model {self.key} is busy: {len(self._waiters)} requests already wait "
-                    f"(batching.queue_size {self.queue_size}); retry later",
-                    {"Retry-After": self._retry_after()},
-                )
+                backlog = len(self._waiters) + int(self._busy)
+                raise self.stats.queue_full(self.key, len(self._waiters), self.queue_size, backlog)
             self._waiters.append(ticket)
         while True:
             left = deadline - time.monotonic()
@@ -103,8 +97,7 @@ class SerialExecutor:
                 self._busy = False
 
     def _retry_after(self) -> str:
-        backlog = len(self._waiters) + int(self._busy)
-        return str(max(1, math.ceil(backlog * self.stats.seconds_per_forecast)))
+        return self.stats.retry_after(len(self._waiters) + int(self._busy))
 
     def describe(self) -> dict:
         with self._lock:
