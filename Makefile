@@ -3,6 +3,8 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 CONFIG ?= etc/tsfmd/tsfmd.yaml
+# the torch build to install first; e.g. TORCH='torch --index-url <your CUDA wheel index>'
+TORCH  ?= torch==2.13.0
 
 .PHONY: run test check bench clean
 
@@ -11,7 +13,7 @@ $(BIN)/tsfmd: setup.py
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch pinned here (a CPU wheel this kind of machine has locally); the package itself
 	# asks for a range so a GPU install can bring its own build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
