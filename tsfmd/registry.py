@@ -77,6 +77,20 @@ class ModelSpec:
         return (self.route,) + tuple(self.aliases)
 
 
+def client_host(host: str) -> str:
+    """The host a client on this machine uses to reach a server bound to `host`, bracketed
+    for URLs when it is IPv6. Wildcards map to loopback of the same family: waitress sets
+    IPV6_V6ONLY, so a server bound to "::" is reached at [::1], not at 127.0.0.1."""
+    host = host.strip()
+    if host in ("0.0.0.0", "", "*"):
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "[::1]"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"

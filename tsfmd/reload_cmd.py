@@ -55,16 +55,14 @@ def daemon_url(url: Optional[str], config: Optional[str]) -> str:
         if text:
             return text.rstrip("/")
     from tsfmd.cli import default_config
-    from tsfmd.registry import RegistryError, load_registry
+    from tsfmd.registry import RegistryError, client_host, load_registry
 
     path = config or default_config()
     try:
         server = load_registry(path).server
     except RegistryError as exc:
         raise ReloadError(f"cannot find the daemon: no --url, no {RUNTIME_ADDRESS}, and {exc}")
-    host = "127.0.0.1" if server.host in ("0.0.0.0", "") else server.host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{server.port}"
+    return f"http://{client_host(server.host)}:{server.port}"
 
 
 #: the daemon is local: never send its status request through an http_proxy

@@ -18,7 +18,7 @@ from waitress.server import BaseWSGIServer
 
 from tsfmd.app import create_app
 from tsfmd.notify import Notifier, watchdog_interval
-from tsfmd.registry import Registry, RegistryError, load_registry
+from tsfmd.registry import Registry, RegistryError, client_host, load_registry
 from tsfmd.runtime import Models
 
 log = logging.getLogger("tsfmd.server")
@@ -316,12 +316,7 @@ class Daemon:
             self._stop.wait(interval)
 
     def _self_url(self, path: str) -> str:
-        host = str(getattr(self.server, "effective_host", "127.0.0.1"))
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        host = f"[{host}]" if ":" in host else host
+        host = client_host(str(getattr(self.server, "effective_host", "127.0.0.1")))
         return f"http://{host}:{self.server.effective_port}{path}"
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-from tsfmd.registry import ModelSpec, ServerSettings
+from tsfmd.registry import ModelSpec, ServerSettings, client_host
 from tsfmd.version import __version__
 
 #: an SQL algo name the anode can find: it lower-cases `algo` before the lookup, and
@@ -77,16 +77,6 @@ def module_stem(key: str) -> str:
 def class_name(key: str) -> str:
     parts = re.split(r"[^a-z0-9]+", key)
     return "_Tsfmd" + "".join(p[:1].upper() + p[1:] for p in parts if p) + "Service"
-
-
-def client_host(host: str) -> str:
-    """The address a client on this machine uses for a server bound to `host`."""
-    # a wildcard bind (IPv6 "::" is dual-stack on Linux by default) is reached on loopback
-    if host in ("0.0.0.0", "", "*", "::", "[::]"):
-        return "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
 
 
 def tsfmd_url(server: ServerSettings, route: str) -> str:

@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from tsfmd.anode import ini_config, pyconfig
-from tsfmd.anode.generate import (
-    Adapter, AdapterError, check_keys, client_host, render_all, tsfmd_url,
-)
+from tsfmd.anode.generate import Adapter, AdapterError, check_keys, render_all, tsfmd_url
 from tsfmd.anode.layout import DEFAULT_ANODE_DIR, AnodeLayout
-from tsfmd.registry import Registry, RegistryError, load_registry
+from tsfmd.registry import Registry, RegistryError, client_host, load_registry
 
 PY_CONFIG = "/etc/taos/taosanode.config.py"
 INI_CONFIG = "/etc/taos/taosanode.ini"
