@@ -22,7 +22,8 @@ from tsfmd.executor import SerialExecutor, make_executor
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, SeriesInput, UnsupportedInput,
 )
-from tsfmd.protocol import ForecastRequest, RequestError
+from tsfmd.errors import Unavailable
+from tsfmd.protocol import ForecastRequest
 from tsfmd.registry import BatchingSettings
 
 SLOW_FAMILY = "slow-naive-test"
@@ -310,11 +311,11 @@ def test_close_answers_queued_requests_and_stops_the_worker():
         wait_until(lambda: executor.describe()["queue_depth"] == 1, timeout=5)
         executor.close()
         assert running.result().point.shape == (1, 1)  # the batch in flight finishes
-        with pytest.raises(RequestError) as refused:
+        with pytest.raises(Unavailable) as refused:
             queued.result()
-    assert refused.value.status == 503
+    assert refused.value.retry_after == 1
     assert not executor._worker.is_alive()
-    with pytest.raises(RequestError):
+    with pytest.raises(Unavailable):
         executor.submit(request([1, 1], 1))
 
 

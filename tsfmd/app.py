@@ -19,12 +19,39 @@ from typing import Callable, Optional
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from tsfmd.families.base import UnsupportedInput
-from tsfmd.protocol import RequestError, parse_request, success_reply
+from tsfmd import errors
+from tsfmd.protocol import parse_request, success_reply
 from tsfmd.runtime import READY, Models
 
 access_log = logging.getLogger("tsfmd.access")
 log = logging.getLogger("tsfmd.app")
+
+
+class HttpError(Exception):
+    """An answer about HTTP itself (a wrong method); domain errors live in tsfmd.errors."""
+
+    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+#: the one mapping from domain errors to TDgpt's HTTP statuses (most specific first)
+STATUS_OF = (
+    (errors.BadInput, 400),
+    (errors.NotFound, 404),
+    (errors.ClientGone, 499),  # nobody reads it; logged as nginx does
+    (errors.ModelFault, 500),
+    (errors.Overloaded, 503),
+    (errors.Unavailable, 503),
+    (errors.DeadlineExceeded, 504),
+)
+
+
+def status_of(exc: errors.ServeError) -> int:
+    for kind, status in STATUS_OF:
+        if isinstance(exc, kind):
+            return status
+    return 500
 
 
 def json_response(payload: dict, status: int = 200, headers: dict = None) -> Response:
@@ -57,8 +84,15 @@ def create_app(
         )
         return response
 
-    @app.errorhandler(RequestError)
-    def _request_error(exc: RequestError):
+    @app.errorhandler(errors.ServeError)
+    def _serve_error(exc: errors.ServeError):
+        headers = {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(int(exc.retry_after))
+        return error_response(status_of(exc), exc.message, headers)
+
+    @app.errorhandler(HttpError)
+    def _http_only_error(exc: HttpError):
         return error_response(exc.status, exc.message, exc.headers)
 
     @app.errorhandler(RequestEntityTooLarge)
@@ -105,9 +139,9 @@ def create_app(
         handle = models.route(route)
         if handle is None:
             served = ", ".join(sorted(models.table.routes)) or "none"
-            raise RequestError(404, f"no model is served at {route}; served routes: {served}")
+            raise errors.NotFound(f"no model is served at {route}; served routes: {served}")
         if request.method != "POST":
-            raise RequestError(
+            raise HttpError(
                 405, f"{route} serves model {handle.key}: POST a JSON forecast request",
                 {"Allow": "POST"},
             )
@@ -117,8 +151,8 @@ def create_app(
             # waitress's hang-up probe (see server.py, channel_request_lookahead)
             gone = request.environ.get("waitress.client_disconnected")
             forecast = handle.submit(forecast_request, gone)
-        except UnsupportedInput as exc:
-            raise RequestError(400, f"model {handle.key}: {exc}") from exc
+        except errors.Unsupported as exc:
+            raise errors.Unsupported(f"model {handle.key}: {exc}") from exc
         return json_response(success_reply(forecast_request, forecast, 0, caps))
 
     return app
@@ -127,11 +161,11 @@ def create_app(
 def _json_body():
     raw = request.get_data(cache=False)  # raises RequestEntityTooLarge past the limit
     if not raw:
-        raise RequestError(400, "the body is empty: send a JSON object with 'input' and 'next_len'")
+        raise errors.BadInput("the body is empty: send a JSON object with 'input' and 'next_len'")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"the body is not valid JSON: {exc}") from exc
+        raise errors.BadInput(f"the body is not valid JSON: {exc}") from exc
 
 
 def _state(handle) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from tsfmd.families.base import Family, Forecast, SeriesInput
-from tsfmd.protocol import RequestError
+from tsfmd.errors import ClientGone, DeadlineExceeded, Overloaded, ServeError, Unavailable
 
 log = logging.getLogger("tsfmd.batching")
 
@@ -44,13 +44,6 @@ log = logging.getLogger("tsfmd.batching")
 _DISCONNECT_POLL_S = 0.25
 #: smoothing of the measured time per forecast that Retry-After is estimated from
 _EWMA = 0.2
-
-
-class ClientGone(RequestError):
-    """The caller hung up before its forecast ran; nobody reads this answer."""
-
-    def __init__(self, model: str):
-        super().__init__(499, f"model {model}: the client closed the connection; request dropped")
 
 
 @dataclass(eq=False)
@@ -103,18 +96,17 @@ class Stats:
         old = self.seconds_per_forecast
         self.seconds_per_forecast = per if old == 0.0 else (1 - _EWMA) * old + _EWMA * per
 
-    def retry_after(self, backlog: int) -> str:
+    def retry_after(self, backlog: int) -> int:
         """Seconds until `backlog` forecasts are likely done, from the measured pace (>= 1)."""
-        return str(max(1, math.ceil(backlog * self.seconds_per_forecast)))
+        return max(1, math.ceil(backlog * self.seconds_per_forecast))
 
-    def queue_full(self, key: str, waiting: int, queue_size: int, backlog: int) -> RequestError:
-        """Count a rejection and return the 503 that says so."""
+    def queue_full(self, key: str, waiting: int, queue_size: int, backlog: int) -> Overloaded:
+        """Count a rejection and return the Overloaded error that says so."""
         self.rejected_full += 1
-        return RequestError(
-            503,
+        return Overloaded(
             f"model {key} is busy: {waiting} requests already wait "
             f"(batching.queue_size {queue_size}); retry later",
-            {"Retry-After": self.retry_after(backlog)},
+            self.retry_after(backlog),
         )
 
     def as_dict(self) -> dict:
@@ -168,7 +160,7 @@ class BatchingExecutor:
         job = Job(request.series, int(request.horizon), now, now + self.timeout_s, disconnected)
         with self._cond:
             if self._closing:
-                raise RequestError(503, f"model {self.key} is shutting down", {"Retry-After": "5"})
+                raise Unavailable(f"model {self.key} is shutting down", retry_after=5)
             if len(self._queue) >= self.queue_size:
                 backlog = len(self._queue) + self._running
                 raise self.stats.queue_full(self.key, len(self._queue), self.queue_size, backlog)
@@ -197,28 +189,26 @@ class BatchingExecutor:
         with self._cond:
             if job.done.is_set():
                 return  # it finished just now: answer normally
-            error = self._late_error(job) if timed_out else ClientGone(self.key)
+            error = self._late_error(job) if timed_out else _gone_error(self.key)
             if job.state == "queued":
                 self._queue.remove(job)
             self._count_dropped(error, job.state == "queued")
             job.finish(error=error)
 
-    def _late_error(self, job: Job) -> RequestError:
+    def _late_error(self, job: Job) -> ServeError:
         waited = time.monotonic() - job.enqueued
         if job.state == "running":
-            return RequestError(
-                504,
+            return DeadlineExceeded(
                 f"model {self.key}: the forecast did not finish within batching.timeout_s "
                 f"{self.timeout_s:g}s (waited {waited:.1f}s)",
             )
-        return RequestError(
-            503,
+        return Overloaded(
             f"model {self.key} is overloaded: the request waited {waited:.1f}s in the queue "
             f"without starting (batching.timeout_s {self.timeout_s:g}); retry later",
-            {"Retry-After": self._retry_after()},
+            self._retry_after(),
         )
 
-    def _count_dropped(self, error: RequestError, before_run: bool) -> None:
+    def _count_dropped(self, error: ServeError, before_run: bool) -> None:
         if isinstance(error, ClientGone):
             self.stats.client_gone += 1
         else:
@@ -226,7 +216,7 @@ class BatchingExecutor:
         if before_run:
             self.stats.dropped += 1
 
-    def _retry_after(self) -> str:
+    def _retry_after(self) -> int:
         """Seconds until the queue has likely drained, from the measured pace (at least 1)."""
         return self.stats.retry_after(len(self._queue) + self._running)
 
@@ -271,7 +261,8 @@ class BatchingExecutor:
                 job = self._queue.popleft()
                 if now >= job.deadline or job.client_gone():
                     # Its caller is giving up or has gone: spend no compute on it.
-                    error = self._late_error(job) if now >= job.deadline else ClientGone(self.key)
+                    error = (self._late_error(job) if now >= job.deadline
+                             else _gone_error(self.key))
                     self._count_dropped(error, before_run=True)
                     job.finish(error=error)
                     continue
@@ -337,14 +328,18 @@ class BatchingExecutor:
         with self._cond:
             self._closing = True
             for job in self._queue:
-                job.finish(error=RequestError(
-                    503, f"model {self.key} was unloaded before this request ran; retry",
-                    {"Retry-After": "1"},
+                job.finish(error=Unavailable(
+                    f"model {self.key} was unloaded before this request ran; retry",
+                    retry_after=1,
                 ))
             self._queue.clear()
             self._cond.notify_all()
         if self._worker is not threading.current_thread():
             self._worker.join(timeout)
+
+
+def _gone_error(key: str) -> ClientGone:
+    return ClientGone(f"model {key}: the client closed the connection; request dropped")
 
 
 def _check_shape(forecast: Forecast, rows: int, horizon: int) -> None:

@@ -16,9 +16,10 @@ from typing import Callable, Deque, Optional
 
 import torch
 
-from tsfmd.batching import BatchingExecutor, ClientGone, Stats
+from tsfmd.batching import BatchingExecutor, Stats
+from tsfmd.errors import ClientGone, Overloaded
 from tsfmd.families.base import Family, Forecast
-from tsfmd.protocol import ForecastRequest, RequestError
+from tsfmd.protocol import ForecastRequest
 
 #: how often a caller waiting for the serial lock looks whether its client hung up
 _POLL_S = 0.25
@@ -56,7 +57,7 @@ class SerialExecutor:
             self._release()
 
     def _acquire(self, deadline: float, disconnected) -> None:
-        """Own the model, or raise 503 (queue full, waited timeout_s) / ClientGone."""
+        """Own the model, or raise Overloaded (queue full, waited timeout_s) / ClientGone."""
         ticket = threading.Event()
         with self._lock:
             if not self._busy and not self._waiters:
@@ -80,13 +81,13 @@ class SerialExecutor:
                 self.stats.dropped += 1
                 if not timed_out:
                     self.stats.client_gone += 1
-                    raise ClientGone(self.key)
+                    raise ClientGone(
+                        f"model {self.key}: the client closed the connection; request dropped")
                 self.stats.timed_out += 1
-                raise RequestError(
-                    503,
+                raise Overloaded(
                     f"model {self.key} is overloaded: the request waited {self.timeout_s:g}s "
                     f"without starting (batching.timeout_s); retry later",
-                    {"Retry-After": self._retry_after()},
+                    self._retry_after(),
                 )
 
     def _release(self) -> None:
@@ -96,7 +97,7 @@ class SerialExecutor:
             else:
                 self._busy = False
 
-    def _retry_after(self) -> str:
+    def _retry_after(self) -> int:
         return self.stats.retry_after(len(self._waiters) + int(self._busy))
 
     def describe(self) -> dict:

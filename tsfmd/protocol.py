@@ -2,7 +2,7 @@
 
 Body (POST JSON): `input` (numbers, oldest first), `next_len` (int > 0), and optionally
 `ts`, `conf_interval`, `past_dynamic_real`, `dynamic_real`. Fields TDgpt may add later are
-ignored. Every problem becomes a `RequestError` whose message says what is wrong; the
+ignored. Every problem becomes a `BadInput` whose message says what is wrong; the
 daemon answers it as a 4xx JSON body and keeps serving.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from tsfmd.errors import BadInput
 from tsfmd.families.base import Capabilities, Forecast, SeriesInput
 from tsfmd.intervals import median_and_band, quantile_at
 
@@ -20,18 +21,8 @@ from tsfmd.intervals import median_and_band, quantile_at
 MAX_MISSING_SHARE = 0.1
 
 
-class RequestError(Exception):
-    """A request tsfmd will not run; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-def bad(message: str) -> RequestError:
-    return RequestError(400, message)
+def bad(message: str) -> BadInput:
+    return BadInput(message)
 
 
 @dataclass

@@ -16,7 +16,8 @@ from typing import Callable, Dict, Iterable, List, Optional
 from tsfmd.executor import make_executor
 from tsfmd.families import get_family
 from tsfmd.families.base import Capabilities, Family, Forecast, LoadSpec
-from tsfmd.protocol import ForecastRequest, RequestError
+from tsfmd.errors import Unavailable
+from tsfmd.protocol import ForecastRequest
 from tsfmd.registry import ModelSpec
 
 log = logging.getLogger("tsfmd.models")
@@ -80,13 +81,11 @@ class ModelHandle:
             self.loaded.set()
 
     def ready_capabilities(self) -> Capabilities:
-        """The model's capabilities, or a 503 saying why it cannot answer now."""
+        """The model's capabilities, or Unavailable saying why it cannot answer now."""
         if self.status == LOADING:
-            raise RequestError(
-                503, f"model {self.key} is still loading; retry shortly", {"Retry-After": "5"}
-            )
+            raise Unavailable(f"model {self.key} is still loading; retry shortly", retry_after=5)
         if self.status == FAILED:
-            raise RequestError(503, f"model {self.key} is not available: {self.reason}")
+            raise Unavailable(f"model {self.key} is not available: {self.reason}")
         return self.caps
 
     def submit(

@@ -16,12 +16,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tsfmd.errors import Unsupported
+
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the text says why in words an operator can act on."""
 
 
-class UnsupportedInput(ValueError):
+class UnsupportedInput(Unsupported, ValueError):
     """The request asks for something this model cannot do (answered as HTTP 400)."""
 
 
