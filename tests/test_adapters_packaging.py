@@ -50,9 +50,10 @@ def wheel(tmp_path_factory):
 
 
 def pip_install(wheel_file: Path, *where: str) -> None:
+    # --ignore-installed: otherwise a --prefix install first uninstalls this venv's tsfmd
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", *where,
-         str(wheel_file)],
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
+         "-q", *where, str(wheel_file)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -60,6 +61,8 @@ def pip_install(wheel_file: Path, *where: str) -> None:
 
 @pytest.mark.parametrize("layout", ["target", "prefix"])
 def test_installed_wheel_finds_the_template(tmp_path, wheel, layout):
+    venv_tsfmd = Path(sys.executable).parent / "tsfmd"
+    had_script = venv_tsfmd.exists()
     if layout == "target":
         pip_install(wheel, "--target", str(tmp_path / "target"))
         site = tmp_path / "target"
@@ -68,6 +71,7 @@ def test_installed_wheel_finds_the_template(tmp_path, wheel, layout):
         purelib = sysconfig.get_path("purelib", vars={"base": str(tmp_path / "prefix")})
         site = Path(purelib)
     assert (site / "tsfmd" / "anode" / "template" / "tdgpt_adapter.py").is_file()
+    assert venv_tsfmd.exists() == had_script  # this venv's own tsfmd was left alone
     assert not (tmp_path / layout / "share").exists()  # no data_files any more
 
     anode, config = make_anode(tmp_path, "config.py")
