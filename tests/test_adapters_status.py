@@ -2,7 +2,7 @@
 
 The config.py-era anode's list endpoint (taosd's `update all anodes`, `show anodes full`)
 reports each algorithm's `get_status()`; TDgpt's own TSFM classes say READY whenever the
-service answers a GET at all, and tsfmd answers 405 there whatever the model's state. The
+service answers a GET at all (tsfmd answered 405 there whatever the model's state). The
 generated adapters ask tsfmd's /v1/models instead. Ini-era list endpoints report no status;
 get_status() is still checked there, for releases in between.
 TDgpt cannot be installed from the package registries here: the anodes are the stand-ins
@@ -38,7 +38,6 @@ def test_failed_model_is_unavailable_and_the_warning_reaches_the_anode_log(
     tsfmd = tsfmd_server(MODELS)
     states = {m["key"]: m["status"] for m in tsfmd.get("/v1/models").json()["models"]}
     assert states == {"fracast-fc": "ready", "broken-fc": "failed"}
-    assert tsfmd.get("/broken-fc").status_code == 405  # the probe TDgpt's classes rely on
     anode, config = make_anode(tmp_path, era)
     code, _, err = adapters("install", anode, config, tsfmd.config_path)
     assert code == 0, err
