@@ -17,9 +17,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tsfmd", "tsfmd.*"]),
     include_package_data=True,
-    package_data={"tsfmd": ["data/*", "data/**/*"]},
-    # the TDgpt adapter template (tsfmd/anode/generate.py finds it here when not in a checkout)
-    data_files=[("share/tsfmd/adapters", ["adapters/tdgpt_adapter.py"])],
+    # package data, so every install layout (--user, --target, a venv) finds it by import
+    package_data={
+        "tsfmd": ["data/*", "data/**/*"],
+        # the TDgpt adapter template (tsfmd/anode/generate.py reads it with importlib.resources)
+        "tsfmd.anode": ["template/*"],
+    },
     install_requires=[
         "waitress>=3.0",
         "flask>=3.0",

@@ -12,8 +12,9 @@ import configparser
 import pytest
 
 from anode_standin.lab import (
-    adapters, configured_urls, fracast_entry, make_anode, write_registry,
+    adapters, configured_urls, fracast_entry, make_anode, without_models, write_registry,
 )
+from tsfmd.anode import pyconfig
 
 PORT = 5077
 MODELS = fracast_entry("fracast-fc") + fracast_entry("timemoe-fc")  # timemoe-fc is built in
@@ -125,7 +126,11 @@ def test_config_py_block_appended_executes_and_restores(tmp_path):
     assert edited.startswith(original)  # nothing above the block changed
     block = edited[len(original):].decode()
     assert block.count("# >>> tsfmd adapters (begin)") == 1 and block.rstrip().endswith("(end)")
-    assert "'algo_name': 'timemoe-fc'" in block and "'ip': '127.0.0.1'" in block
+    # only the built-in name needs an entry, and it is a top-level name: `models` untouched
+    assert f"    'timemoe-fc': '{URL}/timemoe-fc',\n" in block
+    assert "fracast-fc" not in block
+    code = [line for line in block.splitlines() if not line.startswith("#")]
+    assert not any("models" in line for line in code)
     # config.py-era anodes use custom/fc for third-party adapters
     assert adapter_files(anode) == [
         anode.relative_to(anode) / "lib/taosanalytics/algo/custom/fc/tsfmd_fracast_fc.py"
@@ -133,7 +138,7 @@ def test_config_py_block_appended_executes_and_restores(tmp_path):
     urls = configured_urls(anode, "config.py", config,
                            ["fracast-fc", "timemoe-fc", "tdtsfm_1", "timemoe_fc", "bind"])
     assert urls == {
-        "fracast-fc": f"{URL}/fracast-fc",
+        "fracast-fc": None,  # a generated adapter carries its own URL
         "timemoe-fc": f"{URL}/timemoe-fc",  # the built-in name now reaches tsfmd
         "tdtsfm_1": "http://127.0.0.1:6061/tdtsfm",  # TDgpt's own entries untouched
         "timemoe_fc": "http://127.0.0.1:6062/ds_predict",
@@ -145,27 +150,38 @@ def test_config_py_block_appended_executes_and_restores(tmp_path):
     assert config.read_bytes() == original and adapter_files(anode) == []
 
 
-def test_config_py_without_models_gets_the_dict_created(tmp_path):
+def test_config_py_without_models_gets_no_models(tmp_path):
     anode, config = make_anode(tmp_path, "config.py")
-    text = config.read_text()
-    start = text.index("models = {")
-    end = text.index("\n}\n", start) + 3
-    text = text[:start] + text[end:]
+    text = without_models(config.read_text())
     config.write_text(text)
     reg = write_registry(tmp_path / "tsfmd.yaml", PORT, MODELS, host="0.0.0.0")
     code, _, err = adapters("install", anode, config, reg)
     assert code == 0, err
-    urls = configured_urls(anode, "config.py", config, ["fracast-fc", "timemoe-fc"])
-    assert urls == {"fracast-fc": f"{URL}/fracast-fc", "timemoe-fc": f"{URL}/timemoe-fc"}
+    seen = pyconfig.run_config(config.read_text(), str(config), ["timemoe-fc"])
+    assert "models" not in seen["names"] and seen["models"] is None
+    assert seen["urls"] == {"timemoe-fc": f"{URL}/timemoe-fc"}  # 0.0.0.0 is reached locally
+    assert configured_urls(anode, "config.py", config, ["timemoe-fc"]) == seen["urls"]
     assert adapters("uninstall", anode, config)[0] == 0
     assert config.read_text() == text
 
 
+def test_config_py_untouched_when_no_builtin_name_is_served(tmp_path):
+    anode, config = make_anode(tmp_path, "config.py")
+    original = config.read_bytes()
+    reg = write_registry(tmp_path / "tsfmd.yaml", PORT, fracast_entry("fracast-fc"))
+    code, out, err = adapters("install", anode, config, reg)
+    assert code == 0, err
+    assert config.read_bytes() == original and "config " not in out.replace("config /", "")
+    assert len(adapter_files(anode)) == 1
+
+
 @pytest.mark.parametrize("damage,message", [
-    ("models = None\n", "would no longer execute"),
     ("this is not python\n", "does not execute as it is"),
+    ("models['mine'] = {'port': 7000, 'algo_name': 'timemoe-fc'}\n",
+     "models['mine'] gives timemoe-fc its URL"),
+    ("globals()['timemoe-fc'] = 'http://elsewhere/'\n", "already defines 'timemoe-fc'"),
 ])
-def test_config_py_edit_that_cannot_be_checked_is_refused(tmp_path, damage, message):
+def test_config_py_edit_that_cannot_be_made_cleanly_is_refused(tmp_path, damage, message):
     anode, config = make_anode(tmp_path, "config.py")
     config.write_text(config.read_text() + damage)
     before = config.read_bytes()
@@ -192,8 +208,12 @@ def test_registry_change_reinstalls_and_uninstall_still_restores(tmp_path, era):
     assert "all in line with the registry" in out
     names = ["fracast-fc", "other-fc", "timemoe-fc"]
     urls = configured_urls(anode, era, config, names)
-    assert urls["fracast-fc"] == f"http://127.0.0.1:{PORT + 1}/fracast-fc"
-    assert urls["other-fc"] == f"http://127.0.0.1:{PORT + 1}/other-fc"
+    for key in ("fracast-fc", "other-fc"):
+        (module,) = (anode / "lib").rglob(f"tsfmd_{key.replace('-', '_')}.py")
+        url = f"http://127.0.0.1:{PORT + 1}/{key}"
+        assert f"TSFMD_URL = {url!r}" in module.read_text()
+        # ini era: also in [tsfm-service]; config.py era: the adapter's own URL only
+        assert urls[key] == (url if era == "ini" else None)
     assert urls["timemoe-fc"] != f"{URL}/timemoe-fc"  # no longer in the registry: restored
     assert adapters("uninstall", anode, config)[0] == 0
     assert config.read_bytes() == original and adapter_files(anode) == []

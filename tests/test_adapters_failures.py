@@ -146,17 +146,22 @@ def test_wire_body_is_what_tsfmd_expects(outcome):
 
 
 def test_broken_anode_config_does_not_break_the_adapter(tmp_path):
-    """A config.py that raises: built-ins that read it fail, tsfmd's adapters still load."""
+    """A config.py that raises: built-ins that read it fail, tsfmd's adapters still load.
+
+    (The real anode reads its config at start and would not start at all; the stand-in reads
+    it when first asked, so the adapter's own fallback can be seen.)"""
     anode, config = make_anode(tmp_path, "config.py")
     config.write_text(config.read_text() + "\nraise RuntimeError('broken config')\n")
-    reg = write_registry(tmp_path / "tsfmd.yaml", 1, fracast_entry("fracast-fc"))
-    # the install refuses to edit a config that does not execute, and says so
+    broken = config.read_bytes()
+    # a built-in name needs an edit, which cannot be checked on a file that does not run
+    reg = write_registry(tmp_path / "tsfmd.yaml", 1, fracast_entry("timemoe-fc"))
     code, _, err = adapters("install", anode, config, reg)
-    assert code == 1 and "does not execute as it is" in err
-    # an adapter installed earlier keeps working: it falls back to the URL it carries
-    good = tmp_path / "good.config.py"
-    good.write_text("bind = '0.0.0.0:6035'\n")
-    assert adapters("install", anode, good, reg)[0] == 0
+    assert code == 1 and "does not execute as it is" in err and config.read_bytes() == broken
+    # a generated adapter needs no config entry: it installs and falls back to its own URL
+    write_registry(reg, 1, fracast_entry("fracast-fc"))
+    code, _, err = adapters("install", anode, config, reg)
+    assert code == 0, err
+    assert config.read_bytes() == broken
     module = "taosanalytics.algo.custom.fc.tsfmd_fracast_fc:_TsfmdFracastFcService"
     answer = run_anode(anode, "config.py", config, {"build": [module]})
     (built,) = answer["build"]

@@ -36,12 +36,25 @@ def make_anode(root: Path, era: str) -> Tuple[Path, Path]:
     return anode, config
 
 
+def without_models(text: str) -> str:
+    """A taosanode.config.py text without its `models = {...}` assignment."""
+    start = text.index("models = {")
+    end = text.index("\n}\n", start) + 3
+    return text[:start] + text[end:]
+
+
+def anode_log(config: Path) -> Path:
+    """The stand-in anode's log file (the real one writes /var/log/taos/taosanode/)."""
+    return config.parent / "taosanode.app.log"
+
+
 def anode_env(era: str, config: Path) -> dict:
     """The environment that makes the stand-in read `config` (the real one reads /etc/taos)."""
     env = dict(os.environ)
     env.pop("TDGPT_CONF", None)
     env.pop("TSFMD_STANDIN_ANODE_CONF", None)
     env["TDGPT_CONF" if era == "config.py" else "TSFMD_STANDIN_ANODE_CONF"] = str(config)
+    env["TSFMD_STANDIN_ANODE_LOG"] = str(anode_log(config))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 

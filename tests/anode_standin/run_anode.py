@@ -9,6 +9,8 @@ start. Job fields (all optional):
   direct:    [{"algo", "fields", "params"}]      -> answer["direct"]: execute() on a copy, with
              the fields set as the anode sets them; {"res": ...} or {"error", "type"}
   build:     ["module.path:ClassName"]           -> construct with no arguments, report errors
+  status:    [algo names]                        -> answer["status"]: {name: get_status()}, or
+             None where the class has none (ini-era base classes)
 Always: answer["registered"] = {name: times registered}, answer["modules"] = {name: module},
 answer["list"] = the /list reply, answer["errors"] = loader errors (config.py era),
 answer["params_json"] = {name: whether get_params() is plain JSON}.
@@ -50,6 +52,7 @@ def main():
                            for body in job.get("forecasts", [])]
     answer["direct"] = [run_direct(get_service, item) for item in job.get("direct", [])]
     answer["build"] = [build(target) for target in job.get("build", [])]
+    answer["status"] = {name: status(get_service(name)) for name in job.get("status", [])}
     print(json.dumps(answer))
 
 
@@ -76,6 +79,11 @@ def run_direct(get_service, item):
     # a request must leave the registered object as it was (the anode shares it)
     result["registered_unchanged"] = fresh.__dict__ == original
     return result
+
+
+def status(service):
+    probe = getattr(service, "get_status", None)
+    return probe() if probe is not None else None
 
 
 def build(target):

@@ -1,4 +1,5 @@
-"""Render one TDgpt adapter module per registry key from the template in adapters/.
+"""Render one TDgpt adapter module per registry key from the template shipped in the package
+(tsfmd/anode/template/tdgpt_adapter.py, package data: found in every install layout).
 
 A generated file starts with a header naming tsfmd, the registry and the model key, and a
 digest of the file; `uninstall` and a later `install` touch only files whose digest still
@@ -9,8 +10,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
-import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -83,24 +84,28 @@ def tsfmd_url(server: ServerSettings, route: str) -> str:
     return f"http://{client_host(server.host)}:{server.port}{route}"
 
 
-def template_path() -> Path:
-    """adapters/tdgpt_adapter.py of a source checkout, else the copy setup.py installs."""
-    candidates = [
-        Path(__file__).resolve().parents[2] / "adapters" / "tdgpt_adapter.py",
-        Path(sys.prefix) / "share" / "tsfmd" / "adapters" / "tdgpt_adapter.py",
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise AdapterError(
-        "the adapter template is missing: looked for " + ", ".join(str(c) for c in candidates)
-    )
+TEMPLATE = "template/tdgpt_adapter.py"  # package data of tsfmd.anode (setup.py)
+
+
+def template_text() -> str:
+    """The adapter template, read from the installed package (wheel, --user, --target or a
+    checkout alike: it is package data of tsfmd.anode, not a file under sys.prefix)."""
+    resource = resources.files("tsfmd.anode")
+    for part in TEMPLATE.split("/"):
+        resource = resource.joinpath(part)
+    try:
+        return resource.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AdapterError(
+            f"the adapter template is missing from the installed tsfmd package ({resource}: "
+            f"{exc}); reinstall tsfmd"
+        ) from exc
 
 
 def render(spec: ModelSpec, server: ServerSettings, registry_path: str,
            template: Optional[str] = None) -> Adapter:
     """The full text of the adapter module for `spec`, header and digest included."""
-    template = template if template is not None else template_path().read_text(encoding="utf-8")
+    template = template if template is not None else template_text()
     url = tsfmd_url(server, spec.route)
     desc = spec.description or f"{spec.key}: {spec.family} model served by tsfmd"
     values = {
@@ -116,7 +121,8 @@ def render(spec: ModelSpec, server: ServerSettings, registry_path: str,
         body = body.replace(token, repr(value))
     body = body.replace(_TEMPLATE_CLASS, class_name(spec.key))
     if "__TSFMD_" in body:
-        raise AdapterError(f"the adapter template has an unknown token: {template_path()}")
+        raise AdapterError(f"the adapter template has a token tsfmd does not fill: "
+                           f"tsfmd/anode/{TEMPLATE}")
     header = [
         f"{HEADER_FIRST} {__version__} (`tsfmd adapters install`): TDgpt adapter for model "
         f"{spec.key!r}, served at {url}.",
@@ -208,5 +214,5 @@ def render_all(specs: Iterable[ModelSpec], server: ServerSettings,
                registry_path: str) -> List[Adapter]:
     specs = list(specs)
     check_keys(specs)
-    template = template_path().read_text(encoding="utf-8")
+    template = template_text()
     return [render(spec, server, registry_path, template) for spec in specs]

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from tsfmd.anode import ini_config, pyconfig
 from tsfmd.anode.generate import Adapter, AdapterError, check_keys, render_all, tsfmd_url
 from tsfmd.anode.layout import DEFAULT_ANODE_DIR, AnodeLayout
-from tsfmd.registry import Registry, RegistryError, client_host, load_registry
+from tsfmd.registry import Registry, RegistryError, load_registry
 
 PY_CONFIG = "/etc/taos/taosanode.config.py"
 INI_CONFIG = "/etc/taos/taosanode.ini"
@@ -82,8 +82,13 @@ class ConfigEdit:
         return self.before != self.after
 
 
-def plan_config(path: Path, registry: Registry, names: List[str]) -> ConfigEdit:
-    """The anode config with tsfmd's entries for `names` (the edit is verified here)."""
+def plan_config(path: Path, registry: Registry, names: List[str],
+                builtins: List[str]) -> ConfigEdit:
+    """The anode config with tsfmd's entries (the edit is verified here).
+
+    ini era: a [tsfm-service] URL for every name in `names`. config.py era: a top-level URL
+    for the `builtins` only (names the anode ships); generated adapters carry their own.
+    """
     if not path.is_file():
         raise AdapterError(f"anode config {path} not found: pass --anode-config FILE")
     text = read_exact(path)
@@ -96,11 +101,10 @@ def plan_config(path: Path, registry: Registry, names: List[str]) -> ConfigEdit:
         ini_config.verify(original, edited, entries, str(path))
     else:
         original = pyconfig.strip(text, str(path))
-        ip = client_host(server.host)
-        entries = {name: (ip, server.port, routes[name]) for name in names}
+        entries = {name: tsfmd_url(server, routes[name]) for name in builtins}
         edited, notes = pyconfig.apply(original, entries, registry.path)
-        expected = {name: tsfmd_url(server, routes[name]) for name in names}
-        pyconfig.verify(original, edited, expected, str(path))
+        if entries:
+            pyconfig.verify(original, edited, entries, str(path))
     return ConfigEdit(path, text, edited, notes)
 
 
@@ -174,7 +178,8 @@ def plan_install(registry: Registry, anode_dir: str, config_path: str) -> Instal
                 "tsfmd wrote it; remove it by hand"
             )
     names = [spec.key for spec in specs]
-    plan.config = plan_config(Path(config_path), registry, names)
+    builtins = [key for key, _ in plan.redirected]
+    plan.config = plan_config(Path(config_path), registry, names, builtins)
     return plan
 
 
@@ -209,9 +214,6 @@ def cmd_install(args) -> int:
               f"pointed at tsfmd through {config_path} instead")
     for note in plan.config.notes:
         print(f"  config    {note}")
-    if kind == "config.py" and client_host(registry.server.host) != "127.0.0.1":
-        print("  note: anode releases whose config has no `ip` field use 127.0.0.1 for these "
-              "entries; tsfmd listens elsewhere, so run it on the anode's machine or upgrade")
     if args.dry_run:
         print("dry run: nothing was changed" if plan.changes else
               "dry run: already installed, nothing would change")

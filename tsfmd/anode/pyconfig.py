@@ -1,10 +1,19 @@
 """Config.py-era anodes: one marked block at the end of taosanode.config.py.
 
-The anode executes the file as Python and derives `http://<ip>:<port><endpoint>` for every
-`models` entry with a `port`, keyed by its `algo_name`. tsfmd appends a block that adds its
-entries to that dict (creating it if the file has none) and touches nothing above it;
-`strip()` removes the block and the one line end written before it, giving back the
-original bytes. Edits are checked by executing the new file in a separate process first.
+Two readers execute that file. The anode's conf.py takes every top-level name as a setting,
+and a setting named like an algo is that algo's service URL (`get_tsfm_service(name)`); it
+then derives URLs from the `models` dict and lets them overwrite top-level names. TDgpt
+3.4's service manager (taosanode_service.py) takes `models` as its table of model services
+to start, or its own built-in table when the file has no `models`.
+
+So tsfmd leaves `models` alone (never creates it, never adds to it): its block sets one
+top-level name per algo name the anode ships and tsfmd now serves, with
+`globals().update({...})` because names like `timemoe-fc` are not Python identifiers.
+Generated adapters need no entry: they carry their own URL. The manager's table stays what
+it was and holds nothing of tsfmd's to start. A name that `models` already gives a URL, or
+that the file already defines, is refused: only changing the anode's own entry could point
+it at tsfmd. `strip()` removes the block and the one line end written before it, giving
+back the original bytes. Edits are checked by executing the new file in a separate process.
 """
 from __future__ import annotations
 
@@ -19,9 +28,7 @@ from tsfmd.anode.generate import AdapterError
 BEGIN = ("# >>> tsfmd adapters (begin): appended by `tsfmd adapters install`; "
          "`tsfmd adapters uninstall` removes this block")
 END = "# <<< tsfmd adapters (end)"
-#: models-dict keys of tsfmd's entries; TDgpt's own keys (tdtsfm, timemoe, ...) never clash
-KEY_PREFIX = "tsfmd:"
-DEFAULT_IP = "127.0.0.1"
+_OPEN = "globals().update({"
 
 
 def eol_of(text: str) -> str:
@@ -48,42 +55,33 @@ def strip(text: str, path: str = "taosanode.config.py") -> str:
     return before + "".join(lines[ends[0] + 1:])
 
 
-def block(entries: Dict[str, Tuple[str, int, str]], registry_path: str, eol: str) -> str:
-    """entries: algo name -> (ip, port, endpoint)."""
+def block(entries: Dict[str, str], registry_path: str, eol: str) -> str:
+    """entries: algo name -> tsfmd URL."""
     lines = [
         BEGIN,
-        f"# TDgpt algo names served by tsfmd (registry {registry_path}); the anode calls "
-        "http://<ip>:<port><endpoint>.",
-        'if "models" not in globals():',
-        "    models = {}",
-        "models.update({",
+        f"# Algo names the anode ships that tsfmd serves (registry {registry_path}). The anode",
+        "# reads a top-level name as that algo's service URL; `models` (TDgpt's own model",
+        "# services, which taosanode_service.py starts) is left exactly as it was.",
+        _OPEN,
     ]
-    for name, (ip, port, endpoint) in entries.items():
-        entry = {"port": port, "endpoint": endpoint, "algo_name": name, "ip": ip,
-                 "required": False}
-        lines.append(f"    {KEY_PREFIX + name!r}: {_literal(entry)},")
+    lines += [f"    {name!r}: {url!r}," for name, url in entries.items()]
     lines += ["})", END]
     return eol.join(lines) + eol
 
 
-def _literal(entry: dict) -> str:
-    return "{" + ", ".join(f"{k!r}: {v!r}" for k, v in entry.items()) + "}"
-
-
-def apply(original: str, entries: Dict[str, Tuple[str, int, str]],
-          registry_path: str) -> Tuple[str, List[str]]:
+def apply(original: str, entries: Dict[str, str], registry_path: str) -> Tuple[str, List[str]]:
     """`original` (free of tsfmd's block) with tsfmd's block appended; (text, what changed)."""
-    eol = eol_of(original)
-    notes = [f"models[{KEY_PREFIX + name!r}] -> http://{ip}:{port}{endpoint} (algo_name {name})"
-             for name, (ip, port, endpoint) in entries.items()]
     if not entries:
         return original, []
+    notes = [f"{name} = {url} (a top-level name; `models` untouched)"
+             for name, url in entries.items()]
+    eol = eol_of(original)
     return original + eol + block(entries, registry_path, eol), notes
 
 
 # ---------------------------------------------------------------------------------------
 # Checking: execute the file as the anode does, in a child process (a config file may do
-# anything to the process that runs it), and compare what it defines.
+# anything to the process that runs it), and compare what its readers get from it.
 
 _PROBE = r"""
 import json, sys
@@ -94,26 +92,36 @@ try:
 except BaseException as exc:
     print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
     sys.exit(0)
-names = sorted(k for k, v in scope.items() if not k.startswith("__") and not callable(v))
-urls = {}
-models = scope.get("models")
+settings = {k: v for k, v in scope.items() if not k.startswith("__") and not callable(v)}
+derived = {}  # algo name -> models key, as conf.py derives URLs after the top-level names
+view = dict(settings)
+models = settings.get("models")
 if isinstance(models, dict):
     for key, cfg in models.items():
         if isinstance(cfg, dict) and cfg.get("port"):
             name = cfg.get("algo_name", key)
-            urls[name] = "http://%s:%s%s" % (cfg.get("ip", "127.0.0.1"), cfg["port"],
+            derived[name] = str(key)
+            view[name] = "http://%s:%s%s" % (cfg.get("ip", "127.0.0.1"), cfg["port"],
                                                cfg.get("endpoint", "/ds_predict"))
-print(json.dumps({"names": names, "urls": urls}))
+try:
+    models_seen = repr(models) if "models" in settings else None
+except Exception as exc:
+    models_seen = f"unrepresentable: {exc}"
+urls = {name: view.get(name) if isinstance(view.get(name), str) else None
+        for name in job["want"]}
+print(json.dumps({"names": sorted(settings), "urls": urls, "derived": derived,
+                  "models": models_seen}))
 """
 
 
-def run_config(text: str, path: str) -> dict:
-    """{'names': top-level names, 'urls': algo name -> URL} or {'error': why it fails}."""
+def run_config(text: str, path: str, want: List[str]) -> dict:
+    """What the file gives its readers: {'names': top-level names, 'urls': name -> URL as
+    conf.py sees it (for `want`), 'derived': algo name -> `models` key, 'models': repr of
+    `models` or None}, or {'error': why it does not execute}."""
+    job = json.dumps({"text": text, "path": path, "want": want})
     try:
-        done = subprocess.run(
-            [sys.executable, "-I", "-c", _PROBE], input=json.dumps({"text": text, "path": path}),
-            capture_output=True, text=True, timeout=60,
-        )
+        done = subprocess.run([sys.executable, "-I", "-c", _PROBE], input=job,
+                              capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
         return {"error": "it did not finish executing within 60 s"}
     try:
@@ -123,45 +131,57 @@ def run_config(text: str, path: str) -> dict:
 
 
 def verify(original: str, edited: str, expected_urls: Dict[str, str], path: str) -> None:
-    """The edited file executes, yields tsfmd's URLs, and defines nothing else new."""
-    before = run_config(original, path)
+    """The edited file executes, gives each name its tsfmd URL, adds only those names and
+    leaves `models` (the service manager's table) as it was."""
+    names = list(expected_urls)
+    before = run_config(original, path, names)
     if "error" in before:
         raise AdapterError(
             f"{path} does not execute as it is ({before['error']}), so an edit cannot be "
             "checked; fix the file first"
         )
-    after = run_config(edited, path)
+    for name in names:
+        if name in before["derived"]:
+            raise AdapterError(
+                f"{path}: models[{before['derived'][name]!r}] gives {name} its URL, and the "
+                f"anode applies `models` after top-level names; tsfmd does not change TDgpt's "
+                f"own entries (the service manager starts them): point that entry at tsfmd "
+                f"by hand, or serve the model under a key the anode does not ship"
+            )
+        if name in before["names"]:
+            raise AdapterError(
+                f"{path} already defines {name!r} itself; tsfmd does not change the anode's "
+                "own settings: remove or change it by hand"
+            )
+    after = run_config(edited, path, names)
     if "error" in after:
         raise AdapterError(f"{path} would no longer execute after tsfmd's edit: {after['error']}")
-    new_names = set(after["names"]) - set(before["names"]) - {"models"}
-    lost = set(before["names"]) - set(after["names"])
-    if new_names or lost:
-        raise AdapterError(f"editing {path} went wrong: names changed: {sorted(new_names | lost)}")
+    added, kept = set(after["names"]), set(before["names"])
+    unexpected = sorted((added - kept - set(names)) | (kept - added))
+    if unexpected or after["models"] != before["models"]:
+        raise AdapterError(f"editing {path} went wrong: it would change "
+                           f"{unexpected or 'models'} beyond tsfmd's names")
     for name, url in expected_urls.items():
         if after["urls"].get(name) != url:
             raise AdapterError(
                 f"{path} after tsfmd's edit gives {name} the URL {after['urls'].get(name)}, "
-                f"not {url}; is `models` something other than a dict?"
+                f"not {url}"
             )
 
 
 def managed(text: str) -> Dict[str, str]:
-    """algo name -> URL of the entries in tsfmd's block (read from the literal lines)."""
-    lines = text.splitlines()
+    """algo name -> URL of the entries in tsfmd's block (read from its literal lines)."""
     inside = False
-    found = {}
-    for line in lines:
+    found: Dict[str, str] = {}
+    for line in text.splitlines():
         if line == BEGIN:
             inside = True
         elif line == END:
             break
-        elif inside and line.strip().startswith(repr(KEY_PREFIX)[:-1]):
-            key, _, value = line.strip().rstrip(",").partition(": ")
+        elif inside and line.startswith("    '") and line.endswith(","):
             try:
-                cfg = ast.literal_eval(value)
+                entry = ast.literal_eval("{" + line.strip() + "}")
             except (ValueError, SyntaxError):
                 continue
-            found[cfg.get("algo_name", "?")] = (
-                f"http://{cfg.get('ip', DEFAULT_IP)}:{cfg.get('port')}{cfg.get('endpoint', '')}"
-            )
+            found.update({k: v for k, v in entry.items() if isinstance(v, str)})
     return found

@@ -1,11 +1,20 @@
 """The anode's REST face, reduced to /list and /forecast (modelled on taosanalytics.app)."""
+import os
+
 from flask import Flask, request
 
 from taosanalytics.algo.forecast import do_forecast, request_params
+from taosanalytics.conf import Configure
+from taosanalytics.log import AppLogger
 from taosanalytics.service_registry import registry
 from taosanalytics.util import parse_options
 
 app = Flask(__name__)
+# The real anode reads its config right here (a config that raises stops it); with the
+# tests' log path set the stand-in reads it later, so a test can watch what adapters do
+# with a broken config.
+AppLogger.set_handler(os.environ.get("TSFMD_STANDIN_ANODE_LOG")
+                      or Configure.get_instance().get_log_path())
 registry.register_all_services()
 
 

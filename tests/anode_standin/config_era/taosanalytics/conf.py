@@ -29,6 +29,11 @@ class Configure:
     def get_tsfm_service(self, service_name):
         return self._conf.get(service_name)
 
+    def get_log_path(self):
+        """`app_log` of the config; the stand-in lets tests put it in a temp dir instead."""
+        return os.environ.get("TSFMD_STANDIN_ANODE_LOG") or self._conf.get(
+            "app_log", "/var/log/taos/taosanode/taosanode.app.log")
+
     def reload(self):
         spec = importlib.util.spec_from_file_location("gunicorn_config", self.path)
         module = importlib.util.module_from_spec(spec)

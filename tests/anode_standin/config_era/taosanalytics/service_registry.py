@@ -3,10 +3,9 @@ only classes defined in the module count, and a second class with a taken name i
 import copy
 import importlib
 import inspect
-import logging
 import os
 
-log = logging.getLogger("standin.registry")
+from taosanalytics.log import AppLogger
 
 
 class ServiceRegistry:
@@ -16,6 +15,10 @@ class ServiceRegistry:
 
     def get_service(self, name):
         return copy.copy(self.services.get(name))
+
+    def _error(self, message):
+        AppLogger.error("%s", message)
+        self.errors.append(message)
 
     def get_service_list(self):
         algos = [{"name": name, "desc": s.get_desc(), "params": s.get_params(),
@@ -34,18 +37,18 @@ class ServiceRegistry:
             try:
                 module = importlib.import_module(name)
             except Exception as exc:
-                self.errors.append(f"failed to import module {name}: {exc}")
+                self._error(f"failed to import module {name}: {exc}")
                 continue
             for class_name, cls in inspect.getmembers(module, inspect.isclass):
                 if not class_name.startswith("_") or cls.__module__ != module.__name__:
                     continue
                 if cls.name in self.services:
-                    self.errors.append(f"service with name '{cls.name}' already exists")
+                    self._error(f"service with name '{cls.name}' already exists")
                     continue
                 try:
                     self.services[cls.name] = cls()
                 except Exception as exc:
-                    self.errors.append(f"failed to register service {class_name}: {exc}")
+                    self._error(f"failed to register service {class_name}: {exc}")
 
     def register_all_services(self):
         here = os.path.dirname(os.path.abspath(__file__))

@@ -2,10 +2,12 @@
 from flask import Flask, request
 
 from taosanalytics.algo.forecast import do_forecast, request_params
+from taosanalytics.conf import app_logger, conf
 from taosanalytics.servicemgmt import loader
 from taosanalytics.util import parse_options
 
 app = Flask(__name__)
+app_logger.set_handler(conf.get_log_path())
 loader.load_all_service()
 
 

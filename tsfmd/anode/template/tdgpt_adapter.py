@@ -30,8 +30,41 @@ CONNECT_TIMEOUT_S = __TSFMD_CONNECT_TIMEOUT__
 READ_TIMEOUT_S = __TSFMD_READ_TIMEOUT__
 #: the status probe (config.py-era list calls) must stay quick even if tsfmd is busy
 STATUS_TIMEOUT_S = 5.0
+#: what the anode's own classes answer from get_status() for a service that cannot serve
+UNAVAILABLE = "UNAVAIL"
+#: tsfmd's model listing: each model's routes and its state (loading, ready, failed)
+MODELS_PATH = "/v1/models"
 
-log = logging.getLogger("taosanalytics.tsfmd")
+
+def _newest_anode_logger():
+    from taosanalytics import log as anode_log  # config.py era, newer releases
+
+    return anode_log.AppLogger.get_instance()
+
+
+def _conf_anode_logger():
+    from taosanalytics import conf as anode_conf  # ini era and early config.py releases
+
+    app_logger = getattr(anode_conf, "app_logger", None)
+    if app_logger is not None:
+        return app_logger.log_inst
+    return anode_conf.AppLogger.get_instance()
+
+
+def anode_logger():
+    """The logger whose handler writes the anode's log file (where it lives differs by
+    release), so this adapter's warnings land there; never raises."""
+    for find in (_newest_anode_logger, _conf_anode_logger):
+        try:
+            found = find()
+        except Exception:  # this release keeps its logger elsewhere
+            continue
+        if isinstance(found, logging.Logger):
+            return found
+    return logging.getLogger("taosanalytics.tsfmd")
+
+
+log = anode_logger()
 
 
 def anode_configured_url(name):
@@ -44,7 +77,8 @@ def anode_configured_url(name):
         else:
             url = anode_conf.conf.get_tsfm_service(name)  # ini era: module-level object
     except Exception as exc:  # the anode's config must never break the adapter
-        log.warning("%s: cannot read the anode's service URL (%s); using %s", name, exc, TSFMD_URL)
+        log.warning("tsfmd adapter %s: cannot read the anode's service URL (%s); using %s",
+                    name, exc, TSFMD_URL)
         return None
     if isinstance(url, str) and url.strip():
         return url.strip()
@@ -60,6 +94,28 @@ def url_from_host_option(host):
     if "/" not in rest:
         return f"{scheme}://{rest}{TSFMD_ROUTE}"
     return host
+
+
+def split_url(url):
+    """'http://host:port/route' -> ('http://host:port', '/route')."""
+    scheme, _, rest = url.partition("://")
+    host, _, path = rest.partition("/")
+    return f"{scheme}://{host}", "/" + path.split("?")[0].rstrip("/")
+
+
+def served_state(reply, route):
+    """(state, reason) of the model at `route` in tsfmd's model listing, or None when the
+    reply is not a tsfmd listing (the URL points at some other service)."""
+    try:
+        models = reply.json().get("models") if reply.status_code == 200 else None
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(models, list):
+        return None
+    for entry in models:
+        if isinstance(entry, dict) and route in (entry.get("routes") or []):
+            return str(entry.get("status")), str(entry.get("reason") or "")
+    return "not served", "no model of this tsfmd has that route"
 
 
 def number_list(reply, field, rows, url):
@@ -140,13 +196,24 @@ class _TsfmdTemplateService(AbstractForecastService):
         }
 
     def get_status(self):
-        """Any HTTP answer from the route means available, as for TDgpt's own TSFM classes."""
+        """READY only when tsfmd has this model loaded: the anode lists it from this answer
+        (config.py era), and a loading or failed model would fail every query."""
         url = self.service_url()
+        base, route = split_url(url)
+        timeout = (CONNECT_TIMEOUT_S, STATUS_TIMEOUT_S)
         try:
-            requests.get(url, timeout=(CONNECT_TIMEOUT_S, STATUS_TIMEOUT_S))
+            state = served_state(requests.get(base + MODELS_PATH, timeout=timeout), route)
+            if state is None:  # not a tsfmd: probe the route the way TDgpt's own classes do
+                probe = requests.get(url, timeout=timeout)
+                if probe.status_code == 503:
+                    state = ("unavailable", error_text(probe))
         except Exception as exc:
-            log.warning("%s: tsfmd at %s does not answer: %s", ALGO_NAME, url, exc)
-            return "UNAVAIL"
+            log.warning("tsfmd adapter %s: tsfmd at %s does not answer: %s", ALGO_NAME, url, exc)
+            return UNAVAILABLE
+        if state is not None and state[0] != "ready":
+            log.warning("tsfmd adapter %s: the model at %s is %s%s; listed as unavailable",
+                        ALGO_NAME, url, state[0], f" ({state[1]})" if state[1] else "")
+            return UNAVAILABLE
         parent = getattr(super(), "get_status", None)
         return parent() if parent is not None else "READY"
 
