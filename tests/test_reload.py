@@ -150,6 +150,7 @@ def test_tsfmd_reload_exits_1_naming_the_model(daemon, tmp_path, signal_handlers
     assert done.stderr.startswith(
         f"tsfmd reload: warning: extra (not required) failed to load: weights not found at {gone}")
     assert life.status()["reloads"]["last_successful"] is True
+    assert "reload_error" not in model_info(life, "a")  # its entry is back to what serves
 
 
 # -- settings that do not change the loaded model ------------------------------------------

@@ -271,6 +271,7 @@ class Models:
                 kind = _plan(current.get(key), spec)
                 if kind == "unchanged":
                     serving[key] = current[key]
+                    current[key].change_error = ""  # the entry is back to what serves
                 elif kind == "reconfigured":
                     serving[key] = current[key].with_settings(spec)
                 else:
