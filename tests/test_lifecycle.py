@@ -220,13 +220,13 @@ def test_reload_adds_changes_removes_and_keeps_unchanged_models(lifecycle):
     life = lifecycle(fracast("keep") + fracast("change") + fracast("drop"))
     before = dict(life.daemon.models.table.handles)
     life.notify.messages.clear()
-    life.write(fracast("keep") + fracast("change", "    horizon_limit: 50\n") + fracast("new"))
+    life.write(fracast("keep") + fracast("change", "    context_limit: 50\n") + fracast("new"))
 
     assert life.daemon.reload() is True
 
     after = life.daemon.models.table.handles
     assert after["keep"] is before["keep"] and after["keep"].model is not None  # untouched
-    assert after["change"] is not before["change"] and after["change"].caps.horizon_limit == 50
+    assert after["change"] is not before["change"] and after["change"].caps.context_limit == 50
     assert before["change"].model is None and before["drop"].model is None  # released
     assert set(after) == {"keep", "change", "new"}
     assert life.post("/new").status_code == 200
@@ -234,6 +234,7 @@ def test_reload_adds_changes_removes_and_keeps_unchanged_models(lifecycle):
     reloads = life.status()["reloads"]
     assert reloads["succeeded"] == 1 and reloads["failed"] == 0
     assert reloads["last_changes"] == {"added": ["new"], "changed": ["change"],
+                                       "reconfigured": [], "retried": [], "failed": [],
                                        "removed": ["drop"], "unchanged": ["keep"]}
     wait_until(lambda: life.notify.having("READY"), timeout=5)
     said = life.notify.messages
@@ -405,7 +406,7 @@ def test_sigterm_lets_the_request_in_flight_finish(lifecycle, signal_handlers):
     held = threading.Thread(target=lambda: answer.update(r=life.post("/held")))
     held.start()
     assert ENTERED["stop"].wait(timeout=10)
-    assert life.status()["in_flight"] == 2  # the held forecast and this status request
+    assert life.status()["in_flight"] == 1  # the held forecast, not this status request
 
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -126,3 +126,83 @@ def test_defaults_bind_to_loopback_on_port_5001():
     assert registry.server.host == "127.0.0.1" and registry.server.port == 5001
     spec = registry.model("a")
     assert spec.route == "/a" and spec.enabled and spec.device == "auto"
+
+
+# -- like `nginx -t`: what each enabled model's load needs, checked offline ---------------
+
+
+def check_with_state(tmp_path, models: str):
+    """`tsfmd check` on a registry of `models`, hub cache in an empty state dir of its own."""
+    state = tmp_path / "state"
+    path = tmp_path / "tsfmd.yaml"
+    path.write_text("models:\n" + models)
+    result = subprocess.run(
+        [sys.executable, "-m", "tsfmd", "check", "--config", str(path), "--state-dir",
+         str(state)], capture_output=True, text=True, timeout=120,
+    )
+    return result, str(path), state
+
+
+def fracast_entry(key, source="bundled", extra=""):
+    return f"  {key}:\n    family: fracast\n    source: {source}\n{extra}"
+
+
+def test_check_names_a_model_whose_source_is_missing(tmp_path):
+    result, path, _ = check_with_state(
+        tmp_path, fracast_entry("good") + fracast_entry("lost", "/srv/nowhere/lost"))
+    assert result.returncode == 1
+    assert (f"error: {path}: models.lost would fail to load: weights not found at "
+            "/srv/nowhere/lost: no such directory") in result.stderr
+    assert "models.good" not in result.stderr
+    assert (f"tsfmd check: {path}: 1 required model(s) would fail to load: lost"
+            in result.stderr)
+    assert f"{path}: valid, but models would not load: " in result.stdout
+
+
+def test_check_names_missing_files_in_a_directory_that_exists(tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    result, path, _ = check_with_state(tmp_path, fracast_entry("partial", partial))
+    assert result.returncode == 1
+    assert f"models.partial would fail to load: weights not found at {partial}" in result.stderr
+    assert "missing model.safetensors" in result.stderr
+
+
+@pytest.mark.parametrize("options, expected", [
+    ("{weights: int4}", "options.weights: must be one of fp32, w8, got 'int4'"),
+    ("{wieghts: w8}", "options.wieghts: unknown option (this family takes: weights)"),
+])
+def test_check_names_a_bad_option(tmp_path, options, expected):
+    result, path, _ = check_with_state(
+        tmp_path, fracast_entry("opt", extra=f"    options: {options}\n"))
+    assert result.returncode == 1
+    assert f"error: {path}: models.opt would fail to load: {expected}" in result.stderr
+
+
+def test_check_names_a_hub_id_not_in_the_cache_and_the_command_that_fetches_it(tmp_path):
+    models = ("  moe:\n    family: time-moe\n    source: nobody/time-moe-tiny\n"
+              "  spare:\n    family: time-moe\n    source: nobody/other\n    required: false\n")
+    result, path, state = check_with_state(tmp_path, models)
+    assert result.returncode == 1
+    fetch = f"fetch them with: hf download nobody/time-moe-tiny --cache-dir {state / 'hub'}"
+    assert (f"error: {path}: models.moe would fail to load: weights not found for "
+            f"nobody/time-moe-tiny: not in {state / 'hub'}") in result.stderr
+    assert fetch in result.stderr
+    # a model marked `required: false` is a warning, and alone it does not fail the check
+    assert f"warning: {path}: models.spare (required: false) would fail to load" in result.stderr
+    assert "1 required model(s) would fail to load: moe" in result.stderr
+
+
+def test_check_finds_hub_ids_in_the_state_dirs_cache(tmp_path):
+    from conftest import FIXTURES
+    from hubcache import put_in_hub_cache
+
+    models = ("  moe:\n    family: time-moe\n    source: nobody/time-moe-tiny\n"
+              "  spare:\n    family: time-moe\n    source: nobody/other\n    required: false\n")
+    put_in_hub_cache(tmp_path / "state" / "hub", "nobody/time-moe-tiny",
+                     FIXTURES / "timemoe" / "tiny")
+    result, path, _ = check_with_state(tmp_path, models)
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: OK: listen 127.0.0.1:5001, 2 model(s), 2 enabled" in result.stdout
+    assert "models.moe" not in result.stderr and "models.spare (required: false)" in result.stderr

@@ -5,7 +5,7 @@ Where a request goes:
   GET  /<model route>   -> 405, as TDgpt's reference service answers its status probe
   GET  /v1/models       -> every model with status, limits and capabilities
   GET  /healthz         -> the process answers
-  GET  /readyz          -> 200 when every enabled model is ready, else 503 naming them
+  GET  /readyz          -> 200 when every required model is ready, else 503 naming them
   GET  /v1/status       -> the daemon itself: registry, reload counts, requests in flight
 Every error is a JSON body {"status": "error", "error": "<what is wrong>"}.
 """
@@ -117,11 +117,19 @@ def create_app(
 
     @app.get("/readyz")
     def readyz():
+        # Ready means "what must serve serves": models marked `required: false` that are
+        # not ready are listed, and do not make readiness fail.
         handles = models.table.handles.values()
-        waiting = {h.key: _state(h) for h in handles if h.status != READY}
+        waiting = {h.key: _state(h) for h in handles if h.status != READY and h.spec.required}
+        optional = {h.key: _state(h) for h in handles
+                    if h.status != READY and not h.spec.required}
         if waiting:
-            return json_response({"status": "not ready", "not_ready": waiting}, 503)
-        return json_response({"status": "ready", "models": sorted(models.table.handles)})
+            return json_response(
+                {"status": "not ready", "not_ready": waiting, "optional_not_ready": optional},
+                503)
+        ready = sorted(h.key for h in handles if h.status == READY)
+        return json_response(
+            {"status": "ready", "models": ready, "optional_not_ready": optional})
 
     @app.get("/v1/status")
     def status():

@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a registry offline (like nginx -t)")
     check.add_argument("--config", default=None, help="registry file to check")
+    check.add_argument("--state-dir", default=None,
+                       help="where the daemon keeps hub downloads (<dir>/hub); default: "
+                       "server.state_dir, else $STATE_DIRECTORY, else ~/.cache/tsfmd. "
+                       "The systemd unit's is /var/lib/tsfmd")
     check.set_defaults(handler=cmd_check)
 
     # Sub-commands owned by other modules register themselves here, one line each.
@@ -52,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args) -> int:
+    """Like `nginx -t`: the schema, then offline what each enabled model's load needs (its
+    source's files, its options). Exit 1 when the registry is invalid or a required model
+    would fail to load; a model marked `required: false` that would fail is a warning."""
     path = args.config or default_config()
     try:
         registry = load_registry(path)
@@ -62,13 +69,29 @@ def cmd_check(args) -> int:
         return 1
     for warning in registry.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    from tsfmd.preflight import load_problems  # imports the families the registry names
+
     server = registry.server
-    print(f"{path}: OK: listen {server.host}:{server.port}, {len(registry.models)} model(s), "
-          f"{len(registry.enabled)} enabled")
+    state_dir = args.state_dir or server.resolved_state_dir()
+    problems = {spec.key: load_problems(spec, state_dir) for spec in registry.enabled}
+    failing = [spec for spec in registry.enabled if problems[spec.key] and spec.required]
+    verdict = "OK" if not failing else "valid, but models would not load"
+    print(f"{path}: {verdict}: listen {server.host}:{server.port}, {len(registry.models)} "
+          f"model(s), {len(registry.enabled)} enabled; weights looked up offline in {state_dir}")
     for spec in registry.models:
         state = "enabled " if spec.enabled else "disabled"
         print(f"  {state} {spec.key:<20} family={spec.family:<12} routes={','.join(spec.routes)} "
               f"source={spec.source}")
+    for spec in registry.enabled:
+        for problem in problems[spec.key]:
+            what = "error" if spec.required else "warning"
+            note = "" if spec.required else " (required: false)"
+            print(f"{what}: {path}: models.{spec.key}{note} would fail to load: {problem}",
+                  file=sys.stderr)
+    if failing:
+        print(f"tsfmd check: {path}: {len(failing)} required model(s) would fail to load: "
+              f"{', '.join(spec.key for spec in failing)}", file=sys.stderr)
+        return 1
     return 0
 
 

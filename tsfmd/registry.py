@@ -6,9 +6,10 @@ so that `tsfmd check` stays fast and works offline.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -53,6 +54,14 @@ class AdapterSettings:
     read_timeout_s: float = 120.0
 
 
+#: the entry's fields that decide the loaded model object; a reload that changes one of them
+#: loads the weights again. Every other field is a serving setting that a reload applies
+#: around the same loaded model. `context_limit` is here because a family may keep that
+#: many points of its own history while it decodes (TimesFM does); `horizon_limit` is not:
+#: tsfmd alone enforces it, from the model's capabilities.
+LOAD_FIELDS = ("family", "source", "device", "dtype", "context_limit", "options")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One `models:` entry, validated; equal specs mean "unchanged" on reload."""
@@ -67,6 +76,8 @@ class ModelSpec:
     context_limit: Optional[int] = None
     horizon_limit: Optional[int] = None
     enabled: bool = True
+    #: readiness: /readyz waits for required models only; a failed one is listed, not fatal
+    required: bool = True
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
@@ -75,6 +86,17 @@ class ModelSpec:
     @property
     def routes(self) -> Tuple[str, ...]:
         return (self.route,) + tuple(self.aliases)
+
+    @property
+    def load_identity(self) -> tuple:
+        """Equal for two entries that load the same model object (see LOAD_FIELDS)."""
+        options = json.dumps(self.options, sort_keys=True, default=repr)
+        return tuple(options if name == "options" else getattr(self, name)
+                     for name in LOAD_FIELDS)
+
+    def loading_as(self, other: "ModelSpec") -> "ModelSpec":
+        """This entry's serving settings around the model `other` loads."""
+        return replace(self, **{name: getattr(other, name) for name in LOAD_FIELDS})
 
 
 def client_host(host: str) -> str:
@@ -186,7 +208,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 _SERVER_FIELDS = {"host", "port", "threads", "max_request_bytes", "state_dir", "torch_threads"}
 _MODEL_FIELDS = {
     "family", "source", "route", "aliases", "device", "dtype", "context_limit",
-    "horizon_limit", "enabled", "description", "options", "batching", "adapter",
+    "horizon_limit", "enabled", "required", "description", "options", "batching", "adapter",
 }
 _BATCHING_FIELDS = {"enabled", "max_batch", "max_wait_ms", "queue_size", "timeout_s"}
 _ADAPTER_FIELDS = {"connect_timeout_s", "read_timeout_s"}
@@ -343,6 +365,7 @@ class _Validator:
             context_limit=self._int(entry, "context_limit", where, None, 1),
             horizon_limit=self._int(entry, "horizon_limit", where, None, 1),
             enabled=self._bool(entry, "enabled", where, True),
+            required=self._bool(entry, "required", where, True),
             description=self._str(entry, "description", where, ""),
             options=dict(options),
             batching=self.batching(entry.get("batching"), f"{where}.batching"),

@@ -3,8 +3,10 @@
 systemd's `ExecReload=kill -HUP $MAINPID` returns at once, so `systemctl reload` would
 return while the old registry still serves. This command is the unit's ExecReload instead:
 it reads the daemon's reload counters (GET /v1/status), sends SIGHUP, and waits until a
-reload that started after it looked has finished. Exit 0: the new registry serves;
-exit 1: the daemon refused it (the old one keeps serving; the reason is printed).
+reload that started after it looked has finished. Exit 0: the new registry serves (a model
+marked `required: false` that failed to load is printed as a warning); exit 1: the daemon
+refused an invalid registry (the old one keeps serving), or a required model failed to
+load (its previous version, if any, keeps serving; the rest applies). The reason is printed.
 """
 from __future__ import annotations
 
@@ -105,11 +107,17 @@ def cmd_reload(args) -> int:
     except ReloadError as exc:
         print(f"tsfmd reload: {exc}", file=sys.stderr)
         return 1
-    if not reloads["last_successful"]:
-        print(f"tsfmd reload: refused, the previous registry keeps serving: "
-              f"{reloads['last_error']}", file=sys.stderr)
-        return 1
     changes = reloads.get("last_changes") or {}
     done = "; ".join(f"{k} {', '.join(v)}" for k, v in changes.items() if v) or "no models"
+    if not reloads["last_successful"]:
+        if changes:  # valid registry, but a required model did not load
+            print(f"tsfmd reload: failed: {reloads['last_error']}; the rest of the registry "
+                  f"applies ({done})", file=sys.stderr)
+        else:
+            print(f"tsfmd reload: refused, the previous registry keeps serving: "
+                  f"{reloads['last_error']}", file=sys.stderr)
+        return 1
+    for warning in reloads.get("last_warnings") or []:
+        print(f"tsfmd reload: warning: {warning}", file=sys.stderr)
     print(f"tsfmd reload: done ({done})")
     return 0

@@ -4,21 +4,25 @@
 reason), the family object once loaded, and the executor that runs its forecasts.
 `ModelTable` maps routes to handles; a reload builds the next table beside the current one
 and swaps it in one assignment, so a request sees either the old table or the new one.
+Only an entry's load identity (registry.LOAD_FIELDS) decides whether weights load again;
+other settings get a new handle around the same loaded model.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+from tsfmd.errors import Unavailable
 from tsfmd.executor import make_executor
 from tsfmd.families import get_family
-from tsfmd.families.base import Capabilities, Family, Forecast, LoadSpec
-from tsfmd.errors import Unavailable
+from tsfmd.families.base import Capabilities, Family, Forecast, ModelLoadError, resolve_limit
+from tsfmd.preflight import load_spec
 from tsfmd.protocol import ForecastRequest
 from tsfmd.registry import ModelSpec
+from tsfmd.sources import source_fingerprint
 
 log = logging.getLogger("tsfmd.models")
 
@@ -42,9 +46,14 @@ class ModelHandle:
         self.status = LOADING
         self.reason = ""
         self.model: Optional[Family] = None
-        self.caps: Optional[Capabilities] = None
+        self.model_caps: Optional[Capabilities] = None  # as the family reports them
+        self.caps: Optional[Capabilities] = None  # what tsfmd enforces (registry limits)
         self.executor = None
         self.load_seconds: Optional[float] = None
+        #: the source's files on this machine when the load failed (None: none found)
+        self.source_seen: Optional[tuple] = None
+        #: why the registry's newer version of this model did not load (this one serves on)
+        self.change_error = ""
         self.loaded = threading.Event()
 
     @property
@@ -54,31 +63,57 @@ class ModelHandle:
     def load(self) -> None:
         """Load the model (blocking); never raises: a failure is recorded as `failed`."""
         started = time.monotonic()
+        spec = self.spec
         try:
-            family = get_family(self.spec.family)
-            spec = self.spec
-            load_spec = LoadSpec(
-                key=spec.key, source=spec.source, device=resolve_device(spec.device),
-                dtype=spec.dtype, context_limit=spec.context_limit,
-                horizon_limit=spec.horizon_limit, cache_dir=self.state_dir,
-                options=dict(spec.options),
-            )
-            model = family.load(load_spec)
-            caps = model.capabilities()
+            family = get_family(spec.family)
+            problems = family.check_options(spec.options)
+            if problems:
+                raise ModelLoadError("; ".join(problems))
+            model = family.load(load_spec(spec, self.state_dir, resolve_device(spec.device)))
+            model_caps = model.capabilities()
             model.warm_up()
-            self.executor = make_executor(model, spec.batching, spec.key)
-            self.model, self.caps = model, caps
-            self.status = READY
+            self._serve(model, model_caps, make_executor(model, spec.batching, spec.key))
             self.load_seconds = time.monotonic() - started
             log.info("model %s ready (%s from %s) in %.1fs", spec.key, spec.family,
                      spec.source, self.load_seconds)
         except Exception as exc:  # any load problem must leave the others serving
             self.status = FAILED
             self.reason = _reason(exc)
-            log.error("model %s failed to load: %s", self.spec.key, self.reason)
-            log.debug("load traceback for %s", self.spec.key, exc_info=True)
+            self.source_seen = source_fingerprint(spec.source, self.state_dir)
+            # `required: false` says the model may be missing here: worth a warning only
+            level = logging.ERROR if spec.required else logging.WARNING
+            log.log(level, "model %s%s failed to load: %s", spec.key,
+                    "" if spec.required else " (not required)", self.reason)
+            log.debug("load traceback for %s", spec.key, exc_info=True)
         finally:
             self.loaded.set()
+
+    def _serve(self, model: Family, model_caps: Capabilities, executor) -> None:
+        self.model, self.model_caps, self.executor = model, model_caps, executor
+        self.caps = serving_caps(model_caps, self.spec)
+        self.status = READY
+
+    def with_settings(self, spec: ModelSpec) -> "ModelHandle":
+        """A handle serving `spec`, whose load identity is this one's, around this handle's
+        loaded model: new routes, limits and description at once, a new executor only when
+        the batching settings changed. A failed handle gives a failed handle."""
+        handle = ModelHandle(spec, self.state_dir)
+        handle.status, handle.reason = self.status, self.reason
+        handle.source_seen, handle.load_seconds = self.source_seen, self.load_seconds
+        if self.model is not None:
+            same = spec.batching == self.spec.batching
+            executor = self.executor if same else make_executor(self.model, spec.batching,
+                                                                spec.key)
+            handle._serve(self.model, self.model_caps, executor)
+        handle.loaded.set()
+        return handle
+
+    def worth_retrying(self) -> bool:
+        """For a failed model whose entry did not change: are its files on this machine now,
+        and not the ones the failed load saw? Looks offline: a reload never goes to the
+        network for a model the registry did not change."""
+        now = source_fingerprint(self.spec.source, self.state_dir)
+        return now is not None and now != self.source_seen
 
     def ready_capabilities(self) -> Capabilities:
         """The model's capabilities, or Unavailable saying why it cannot answer now."""
@@ -103,12 +138,15 @@ class ModelHandle:
             "source": self.spec.source,
             "routes": list(self.spec.routes),
             "status": self.status,
+            "required": self.spec.required,
             "description": self.spec.description,
             "device": self.spec.device,
             "dtype": self.spec.dtype,
         }
         if self.status == FAILED:
             info["reason"] = self.reason
+        if self.change_error:
+            info["reload_error"] = self.change_error
         if caps is not None:
             info.update(
                 context_limit=caps.context_limit,
@@ -128,17 +166,36 @@ class ModelHandle:
             )
         return info
 
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.close()
-        if self.model is not None:
-            self.model.close()
+    def _unshared(self, successor: Optional["ModelHandle"]) -> dict:
+        """The executor and model this handle holds that `successor` (the handle serving
+        its key now, if any) does not share: what retiring this handle closes."""
+        held = {"executor": self.executor, "model": self.model}
+        return {name: own for name, own in held.items() if own is not None
+                and (successor is None or getattr(successor, name) is not own)}
+
+    def holds_beyond(self, successor: Optional["ModelHandle"]) -> bool:
+        return bool(self._unshared(successor))
+
+    def retire(self, successor: Optional["ModelHandle"] = None) -> None:
+        """Close the executor, then the model, unless `successor` serves on with them."""
+        for own in self._unshared(successor).values():
+            own.close()
         self.model = None
+
+    def close(self) -> None:
+        self.retire(None)
+
+
+def serving_caps(model_caps: Capabilities, spec: ModelSpec) -> Capabilities:
+    """The loaded model's capabilities with the registry's `horizon_limit` applied (tsfmd
+    enforces it; `context_limit` went to the family's load)."""
+    return replace(model_caps,
+                   horizon_limit=resolve_limit(spec.horizon_limit, model_caps.horizon_limit))
 
 
 def _reason(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
+    return text.splitlines()[0][:1000]  # room for the fetch command at the end
 
 
 @dataclass(frozen=True)
@@ -164,8 +221,22 @@ class ModelTable:
             text += f"; loading {', '.join(loading)}"
         for h in handles:
             if h.status == FAILED:
-                text += f"; {h.key} failed: {h.reason}"
+                text += f"; {h.key} failed{'' if h.spec.required else ' (not required)'}: " \
+                        f"{h.reason}"
         return text
+
+
+#: what an apply did with each model key; every key is in exactly one list
+CHANGE_KINDS = ("added", "changed", "reconfigured", "retried", "failed", "removed", "unchanged")
+
+
+@dataclass
+class Outcome:
+    """What `Models.apply` did. `failures`: key -> why its load failed in this apply."""
+
+    changes: Dict[str, List[str]]
+    failures: Dict[str, str] = field(default_factory=dict)
+    required_failures: List[str] = field(default_factory=list)
 
 
 class Models:
@@ -182,42 +253,64 @@ class Models:
     def apply(
         self, specs: Iterable[ModelSpec], on_progress: Optional[Callable[[str], None]] = None,
         quiesce: Optional[Callable[[], None]] = None,
-    ) -> dict:
-        """Serve `specs`: load new and changed models while the current ones keep serving,
-        swap the table in one step, then close removed and replaced models. Models whose
-        spec is unchanged keep their loaded object untouched. Returns what changed.
-        `quiesce` returns once requests that may hold a replaced handle have finished, so
-        closing it (its executor refuses work) drops none of them."""
+    ) -> Outcome:
+        """Serve `specs`, then close what no longer serves. Per key (Outcome.changes):
+        added / changed (the load identity differs: new weights load while the old serve),
+        retried (failed before, same entry, its files are now on this machine), reconfigured
+        (only serving settings differ: the same loaded model), unchanged, removed, failed.
+        A changed model whose new version fails keeps its working version, under the new
+        serving settings. The table switches in one step; `quiesce` returns once requests
+        that may hold a replaced executor or model have finished, so closing drops none."""
         with self._lock:
             current = self.table.handles
             wanted = {s.key: s for s in specs if s.enabled}
-            keep, start = [], []
+            changes: Dict[str, List[str]] = {kind: [] for kind in CHANGE_KINDS}
+            serving: Dict[str, ModelHandle] = {}
+            loads: Dict[str, Tuple[str, ModelHandle]] = {}
             for key, spec in wanted.items():
-                old = current.get(key)
-                if old is not None and old.spec == spec and old.status != FAILED:
-                    keep.append(old)
+                kind = _plan(current.get(key), spec)
+                if kind == "unchanged":
+                    serving[key] = current[key]
+                    current[key].change_error = ""  # the entry is back to what serves
+                elif kind == "reconfigured":
+                    serving[key] = current[key].with_settings(spec)
                 else:
-                    start.append(ModelHandle(spec, self.state_dir))
+                    loads[key] = (kind, ModelHandle(spec, self.state_dir))
+                    continue
+                changes[kind].append(key)
             if not current:
                 # First start: publish the routes at once so they answer "loading" (503)
                 # and /healthz answers while the weights load.
-                self.table = ModelTable.build(start)
-            self._load_all(start, on_progress)
-            new_table = ModelTable.build(keep + start)
+                self.table = ModelTable.build(h for _, h in loads.values())
+            self._load_all([h for _, h in loads.values()], on_progress)
+            failures = {}
+            for key, (kind, handle) in loads.items():
+                serving[key] = handle
+                if handle.status == READY:
+                    changes[kind].append(key)
+                    continue
+                changes["failed"].append(key)
+                failures[key] = handle.reason
+                old = current.get(key)
+                if old is not None and old.status == READY:
+                    # As nginx keeps its workers on a config that does not load: a version
+                    # that fails never replaces one that serves.
+                    serving[key] = old.with_settings(handle.spec.loading_as(old.spec))
+                    serving[key].change_error = handle.reason
+                    failures[key] += "; its previous version keeps serving"
+            new_table = ModelTable.build(serving[key] for key in wanted)
             self.table = new_table  # the atomic switch: one reference assignment
-            retired = [h for k, h in current.items() if new_table.handles.get(k) is not h]
-            if retired and quiesce is not None:
+            retired = [(h, new_table.handles.get(k)) for k, h in current.items()
+                       if new_table.handles.get(k) is not h]
+            if quiesce is not None and any(h.holds_beyond(new) for h, new in retired):
                 quiesce()
-            for handle in retired:
-                handle.close()
-            changes = {
-                "added": sorted(h.key for h in start if h.key not in current),
-                "changed": sorted(h.key for h in start if h.key in current),
-                "removed": sorted(k for k in current if k not in wanted),
-                "unchanged": sorted(h.key for h in keep),
-            }
+            for handle, successor in retired:
+                handle.retire(successor)
+            changes["removed"] = [k for k in current if k not in wanted]
+            changes = {kind: sorted(keys) for kind, keys in changes.items()}
             log.info("models: %s (%s)", new_table.summary(), _describe_changes(changes))
-            return changes
+            required = sorted(k for k in failures if wanted[k].required)
+            return Outcome(changes, failures, required)
 
     @staticmethod
     def _load_all(handles: List[ModelHandle], on_progress) -> None:
@@ -237,6 +330,17 @@ class Models:
     def close(self) -> None:
         for handle in self.table.handles.values():
             handle.close()
+
+
+def _plan(old: Optional[ModelHandle], spec: ModelSpec) -> str:
+    """What an apply does with `spec`, given the handle serving its key now (see apply)."""
+    if old is None:
+        return "added"
+    if old.spec.load_identity != spec.load_identity:
+        return "changed"
+    if old.status == FAILED and old.worth_retrying():
+        return "retried"
+    return "unchanged" if old.spec == spec else "reconfigured"
 
 
 def _describe_changes(changes: dict) -> str:

@@ -6,6 +6,7 @@ does the work, so a reload or a stop never runs inside a signal handler.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 from typing import Optional
 
 import waitress
+from flask import has_request_context
 from waitress.server import BaseWSGIServer
 
 from tsfmd.app import create_app
@@ -95,7 +97,8 @@ class Daemon:
         self.inflight: Optional[InFlight] = None
         # `started`/`finished` let `tsfmd reload` wait for the reload its SIGHUP caused.
         self.reloads = {"started": 0, "finished": 0, "succeeded": 0, "failed": 0,
-                        "last_successful": True, "last_error": "", "last_changes": {}}
+                        "last_successful": True, "last_error": "", "last_warnings": [],
+                        "last_changes": {}}
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._server_thread: Optional[threading.Thread] = None
@@ -186,7 +189,10 @@ class Daemon:
     # -- reload ------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Re-read the registry; a bad one is refused and the current models keep serving."""
+        """Re-read the registry. An invalid one is refused whole and the current models keep
+        serving. A valid one applies model by model: a model whose new version fails to
+        load keeps its working version, and the reload counts as failed when that model is
+        required (exit 1 of `tsfmd reload`); the models that did load serve."""
         self.reloads["started"] += 1
         self.notifier.reloading(time.monotonic_ns() // 1000)
         log.info("reloading registry %s", self.config_path)
@@ -199,15 +205,23 @@ class Daemon:
         if registry.server != self.registry.server:
             log.warning("reload: server settings changed; they take effect at the next restart")
         try:
-            changes = self.models.apply(registry.enabled, self._loading_progress,
+            outcome = self.models.apply(registry.enabled, self._loading_progress,
                                         quiesce=self._quiesce)
         except Exception as exc:  # a bug in a family must not take the daemon down
             log.exception("reload: applying the new registry failed")
             return self._reload_failed([f"applying the registry failed: {exc}"])
         self.registry = registry
+        failed = [f"{key} failed to load: {outcome.failures[key]}"
+                  for key in outcome.required_failures]
+        if failed:
+            return self._reload_failed(failed, outcome.changes)
+        warnings = [f"{key} (not required) failed to load: {why}"
+                    for key, why in outcome.failures.items()]
+        for warning in warnings:
+            log.warning("reload: %s", warning)
         self.reloads.update(succeeded=self.reloads["succeeded"] + 1, last_successful=True,
-                            last_error="", last_changes=changes)
-        self.reloads["finished"] += 1
+                            last_error="", last_warnings=warnings, last_changes=outcome.changes)
+        self.reloads["finished"] += 1  # last: `tsfmd reload` reads the rest once it moves
         self.notifier.ready(f"reloaded: {self.models.table.summary()}")
         log.info("reload done: %s", self.models.table.summary())
         return True
@@ -219,27 +233,38 @@ class Daemon:
             log.warning("reload: %d request(s) from before the switch still run after %.0fs; "
                         "closing the replaced models anyway", left, DRAIN_SECONDS)
 
-    def _reload_failed(self, problems) -> bool:
+    def _reload_failed(self, problems, applied: Optional[dict] = None) -> bool:
+        """Record a failed reload: refused whole (`applied` None: the registry was invalid)
+        or applied except the models named in `problems` (`applied`: what it did)."""
         self.reloads.update(failed=self.reloads["failed"] + 1, last_successful=False,
-                            last_error="; ".join(problems))
+                            last_error="; ".join(problems), last_warnings=[],
+                            last_changes=applied or {})
         self.reloads["finished"] += 1
-        log.error("reload refused, still serving the previous registry: %s",
-                  self.reloads["last_error"])
-        self.notifier.ready(
-            f"reload failed ({len(problems)} problem(s): {problems[0]}); "
-            f"{self.models.table.summary()} from the previous registry"
-        )
+        summary = self.models.table.summary()
+        head = f"reload failed ({len(problems)} problem(s): {problems[0]})"
+        if applied is None:
+            log.error("reload refused, still serving the previous registry: %s",
+                      self.reloads["last_error"])
+            self.notifier.ready(f"{head}; {summary} from the previous registry")
+        else:
+            log.error("reload failed for %d required model(s), the rest of the registry "
+                      "applies: %s", len(problems), self.reloads["last_error"])
+            self.notifier.ready(f"{head}; the rest applied: {summary}")
         return False
 
     def status(self) -> dict:
-        """What /v1/status reports about the daemon itself."""
+        """What /v1/status reports about the daemon itself. Asked from a request (the
+        /v1/status handler), that request is not counted in `in_flight`."""
+        in_flight = self.inflight.count if self.inflight else 0
+        if in_flight and has_request_context():
+            in_flight -= 1
         return {
             "pid": os.getpid(),
             "registry": self.config_path,
             "summary": self.models.table.summary() if self.models else "starting",
-            "reloads": {k: (dict(v) if isinstance(v, dict) else v)
+            "reloads": {k: (copy.deepcopy(v) if isinstance(v, (dict, list)) else v)
                         for k, v in self.reloads.items()},
-            "in_flight": self.inflight.count if self.inflight else 0,
+            "in_flight": in_flight,
         }
 
     # -- stop --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -88,6 +88,24 @@ class Family(abc.ABC):
 
     #: the registry's `family:` name
     name: str = ""
+    #: the `options:` this family takes: name -> the values allowed (a tuple) or their type.
+    #: None leaves options to the family's own load; {} takes none.
+    option_values: Optional[Mapping[str, Any]] = None
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> List[str]:
+        """What is wrong with a registry entry's `options:`, one line each. tsfmd refuses to
+        load an entry with any, and `tsfmd check` names them."""
+        return option_problems(cls.option_values, options)
+
+    @classmethod
+    def check_source(cls, spec: LoadSpec) -> None:
+        """Raise ModelLoadError when `spec.source` has no loadable files on this machine.
+        Looks offline and loads no weights (`tsfmd check`). The default asks for a
+        config.json; a family that knows its files checks those."""
+        from tsfmd.sources import resolve_model_dir  # sources imports this module
+
+        resolve_model_dir(spec.source, spec.cache_dir, offline=True)
 
     @classmethod
     @abc.abstractmethod
@@ -116,6 +134,24 @@ class Family(abc.ABC):
 
     def close(self) -> None:
         """Release what the model holds (GPU memory, worker processes)."""
+
+
+def option_problems(allowed: Optional[Mapping[str, Any]], options: Mapping[str, Any]) -> List[str]:
+    """Options not in `allowed` (name -> tuple of values, or a type); None allows any."""
+    if allowed is None:
+        return []
+    problems = []
+    for name, value in options.items():
+        rule = allowed.get(name)
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            problems.append(f"options.{name}: unknown option (this family takes: {known})")
+        elif isinstance(rule, tuple) and value not in rule:
+            choices = ", ".join(str(v) for v in rule)
+            problems.append(f"options.{name}: must be one of {choices}, got {value!r}")
+        elif isinstance(rule, type) and not isinstance(value, rule):
+            problems.append(f"options.{name}: must be a {rule.__name__}, got {value!r}")
+    return problems
 
 
 def resolve_limit(configured: Optional[int], native: int) -> int:

@@ -25,10 +25,12 @@ FROM_PRETRAINED_LOCK = threading.Lock()
 HUB_PATTERNS = ("*.json", "*.safetensors")
 
 
-def open_checkpoint(spec: LoadSpec) -> Tuple[Path, dict]:
-    """The local checkpoint directory for `spec.source` and its parsed config.json."""
+def open_checkpoint(spec: LoadSpec, offline: bool = False) -> Tuple[Path, dict]:
+    """The local checkpoint directory for `spec.source` and its parsed config.json;
+    `offline` never downloads (a family's `check_source`)."""
     directory = resolve_model_dir(
-        spec.source, spec.cache_dir, required=("config.json",), allow_patterns=HUB_PATTERNS
+        spec.source, spec.cache_dir, required=("config.json",), allow_patterns=HUB_PATTERNS,
+        offline=offline,
     )
     if not any((directory / name).exists() for name in WEIGHT_FILES):
         raise ModelLoadError(

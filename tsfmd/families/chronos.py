@@ -20,6 +20,7 @@ refused with a sentence. Both answer native quantiles and use the median as `out
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 from typing import Dict, List, Sequence, Tuple
@@ -56,6 +57,7 @@ class _ChronosFamily(Family):
     covariates = False
     #: dtype for `dtype: auto` on a GPU
     auto_cuda_dtype = "float32"
+    option_values = {}
 
     def __init__(self, pipeline, caps: Capabilities):
         self._pipeline = pipeline
@@ -63,14 +65,22 @@ class _ChronosFamily(Family):
         self._median = list(caps.quantile_levels).index(0.5)
 
     @classmethod
+    def check_source(cls, spec: LoadSpec) -> None:
+        if importlib.util.find_spec("chronos") is None:
+            raise ModelLoadError(cls._needs_package())
+        open_checkpoint(spec, offline=True)
+
+    @classmethod
+    def _needs_package(cls) -> str:
+        return f"family {cls.name} needs the chronos-forecasting package: " \
+            "pip install 'tsfmd[chronos]'"
+
+    @classmethod
     def load(cls, spec: LoadSpec) -> "_ChronosFamily":
         try:
             from chronos import BaseChronosPipeline
         except ImportError as exc:
-            raise ModelLoadError(
-                f"family {cls.name} needs the chronos-forecasting package: "
-                "pip install 'tsfmd[chronos]'"
-            ) from exc
+            raise ModelLoadError(cls._needs_package()) from exc
         directory, config = open_checkpoint(spec)
         found = config.get("chronos_pipeline_class") or (
             "ChronosPipeline" if "chronos_config" in config else None

@@ -8,6 +8,7 @@ gives exactly the numbers of the series alone.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Sequence
 
@@ -23,10 +24,19 @@ MIN_CONTEXT = 8
 #: native blocks are chained for longer horizons; past this the median feedback drifts
 MAX_HORIZON = 1024
 _WEIGHT_FILES = {"fp32": "model.safetensors", "w8": "model.int8.safetensors"}
+_NOT_INSTALLED = "the fracast package is not installed (pip install fracast)"
 
 
 class FracastFamily(Family):
     name = "fracast"
+    option_values = {"weights": tuple(_WEIGHT_FILES)}
+
+    @classmethod
+    def check_source(cls, spec: LoadSpec) -> None:
+        if spec.source != "bundled":
+            _weights_dir(spec, offline=True)
+        elif importlib.util.find_spec("fracast") is None:
+            raise ModelLoadError(_NOT_INSTALLED)
 
     def __init__(self, model, caps: Capabilities):
         self._model = model
@@ -37,7 +47,7 @@ class FracastFamily(Family):
         try:
             from fracast import FracastModel
         except ImportError as exc:
-            raise ModelLoadError("the fracast package is not installed (pip install fracast)") from exc
+            raise ModelLoadError(_NOT_INSTALLED) from exc
         weights = str(spec.options.get("weights", "fp32"))
         if weights not in _WEIGHT_FILES:
             raise ModelLoadError(f"options.weights must be fp32 or w8, got {weights!r}")
@@ -46,8 +56,7 @@ class FracastFamily(Family):
         if spec.source == "bundled":
             source = None  # the weights inside the installed wheel
         else:
-            required = ("config.json", _WEIGHT_FILES[weights])
-            source = str(resolve_model_dir(spec.source, spec.cache_dir, required=required))
+            source = str(_weights_dir(spec))
         try:
             model = FracastModel.from_pretrained(source, weights=weights, device=spec.device)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
@@ -72,3 +81,10 @@ class FracastFamily(Family):
         quantiles = self._model.forecast_batch(rows, horizon=int(horizon)).astype(np.float64)
         median = quantiles[..., self._model.quantiles.index(0.5)]
         return Forecast(point=median, quantiles=quantiles)
+
+
+def _weights_dir(spec: LoadSpec, offline: bool = False) -> Path:
+    """The directory holding config.json and the weights file `options.weights` names."""
+    weights = _WEIGHT_FILES.get(str(spec.options.get("weights", "fp32")), "model.safetensors")
+    return resolve_model_dir(spec.source, spec.cache_dir, required=("config.json", weights),
+                             offline=offline)

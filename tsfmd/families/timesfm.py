@@ -36,6 +36,11 @@ MODEL_TYPE = "timesfm2_5"
 
 class TimesFm25Family(Family):
     name = "timesfm-2.5"
+    option_values = {}
+
+    @classmethod
+    def check_source(cls, spec: LoadSpec) -> None:
+        open_checkpoint(spec, offline=True)
 
     def __init__(self, model, caps: Capabilities, device: str):
         self._model = model

@@ -67,6 +67,7 @@ def normalise(values: np.ndarray):
 
 class TimeMoeFamily(Family):
     name = "time-moe"
+    option_values = {}
 
     def __init__(self, model, caps: Capabilities):
         self._model = model
@@ -74,12 +75,13 @@ class TimeMoeFamily(Family):
         self.position_limit = model.config.max_position_embeddings
 
     @classmethod
+    def check_source(cls, spec: LoadSpec) -> None:
+        _checkpoint_dir(spec, offline=True)
+
+    @classmethod
     def load(cls, spec: LoadSpec) -> "TimeMoeFamily":
         dtype = resolve_dtype(spec.dtype, spec.device)
-        directory = resolve_model_dir(
-            spec.source, spec.cache_dir, required=(CONFIG_FILE, WEIGHTS_FILE),
-            allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, "generation_config.json"],
-        )
+        directory = _checkpoint_dir(spec)
         # On CPUs attention stays float32 whatever the dtype: it is ~15% of the work and
         # most of bfloat16's error (model.TimeMoe.set_compute_dtype has the numbers).
         attention = torch.float32 if spec.device == "cpu" else dtype
@@ -140,3 +142,12 @@ class TimeMoeFamily(Family):
 
     def close(self) -> None:
         self._model = None
+
+
+def _checkpoint_dir(spec: LoadSpec, offline: bool = False) -> Path:
+    """The directory with the checkpoint's config and weights (a hub download fetches only
+    those and generation_config.json); `offline` never downloads."""
+    return resolve_model_dir(
+        spec.source, spec.cache_dir, required=(CONFIG_FILE, WEIGHTS_FILE),
+        allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, "generation_config.json"], offline=offline,
+    )
