@@ -16,9 +16,9 @@ from typing import Iterable, List, Optional
 class LoopProbe:
     """Proves the waitress loop runs: a callback pulled through its trigger must run.
 
-    `pull()` queues a callback (cheap, never blocks); `problem(stale_after)` says the loop is
-    wedged when the oldest callback not yet run was pulled more than `stale_after` seconds
-    ago.
+    `pull()` queues a callback (it never blocks its caller); `problem(stale_after)` says the
+    loop is wedged when the oldest callback not yet run was pulled more than `stale_after`
+    seconds ago.
     """
 
     def __init__(self, trigger):
@@ -32,7 +32,10 @@ class LoopProbe:
                 self._waiting_since = time.monotonic()
             else:
                 return  # one unanswered callback is enough
-        self._trigger.pull_trigger(self._ran)
+        # waitress's trigger runs its callbacks holding the lock pull_trigger takes: a loop
+        # wedged in a callback would block the watchdog itself, so pull from a helper thread
+        threading.Thread(target=self._trigger.pull_trigger, args=(self._ran,),
+                         name="watchdog-pull", daemon=True).start()
 
     def _ran(self) -> None:  # runs in the loop thread
         with self._lock:
