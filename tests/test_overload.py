@@ -266,6 +266,27 @@ def test_a_slow_model_leaves_threads_to_the_others(tsfmd_server, slow_family):
     assert statuses == {200: 10, 503: 10}, statuses
 
 
+def test_forecasts_never_hold_the_threads_kept_for_health(tsfmd_server, slow_family):
+    # threads 16: two models may hold 14 threads together, 10 each; 2 stay free
+    server = tsfmd_server(slow_model("a", max_batch=16, max_wait_ms=0, timeout_s=60)
+                          + slow_model("b", max_batch=16, max_wait_ms=0, timeout_s=60))
+    with ThreadPoolExecutor(24) as pool:
+        held_a = [pool.submit(server.post, "/a", body(4000)) for _ in range(12)]
+        wait_until(lambda: batching_info(server, "a")["admission"]["admitted"] == 10,
+                   timeout=20)
+        held_b = [pool.submit(server.post, "/b", body(4000)) for _ in range(12)]
+        wait_until(lambda: batching_info(server, "b")["admission"]["admitted"] == 4,
+                   timeout=20)
+        health = server.get("/healthz", timeout=5)  # one of the 2 threads kept free
+        a = Counter(f.result().status_code for f in held_a)
+        b = [f.result() for f in held_b]
+    assert health.status_code == 200
+    assert a == {200: 10, 503: 2}, a
+    assert Counter(r.status_code for r in b) == {200: 4, 503: 8}
+    assert all("forecasts hold 14 of its 16 request threads" in r.json()["error"]
+               for r in b if r.status_code == 503)
+
+
 # ---------------------------------------------------------------------------------------
 # Deadlines count from arrival
 
