@@ -29,6 +29,7 @@ import pytest
 from conftest import FIXTURES, free_port, registry_yaml, wait_until
 from test_batching import SlowNaiveFamily, batching_info, body, slow_family, slow_model  # noqa: F401
 from tsfmd.batching import BatchingExecutor
+from tsfmd.errors import Unavailable
 from tsfmd.registry import BatchingSettings
 
 #: the issue's bound for /healthz and another model during a burst
@@ -359,6 +360,32 @@ def test_worker_liveness_sees_a_wedged_batch_and_a_silent_worker():
     finally:
         executor.close()
     assert executor.liveness_problem(stale_after=10, now=later) is None  # closed on purpose
+
+
+def test_a_worker_gathering_company_for_long_still_beats():
+    # max_wait is a minute; the heartbeat must not stop while the worker waits for company
+    executor = BatchingExecutor(SlowNaiveFamily(), BatchingSettings(max_batch=8,
+                                                                    max_wait_ms=60000), "t")
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            blocker = pool.submit(executor.submit, request_for([800, 1]))
+            wait_until(lambda: executor.describe()["running"] == 1, timeout=5)
+            pair = [pool.submit(executor.submit, request_for([1, i])) for i in range(2)]
+            wait_until(lambda: executor.describe()["queue_depth"] == 2, timeout=5)
+            for future in [blocker] + pair:
+                future.result()
+            # the last batch had company, so a lone newcomer is held for company
+            lone = pool.submit(executor.submit, request_for([1, 9]))
+            wait_until(lambda: executor.describe()["queue_depth"] == 1, timeout=5)
+            since = executor._beat
+            wait_until(lambda: executor._beat > since + 1.5, timeout=10)
+            assert executor.liveness_problem(stale_after=2.0) is None
+            assert executor.describe()["queue_depth"] == 1  # still gathering
+            executor.close()
+            with pytest.raises(Unavailable):
+                lone.result()  # closed before its batch ran
+    finally:
+        executor.close()
 
 
 def request_for(values):

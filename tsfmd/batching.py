@@ -303,7 +303,8 @@ class BatchingExecutor:
                 left = gather_until - time.monotonic()
                 if left <= 0 or not self._queue:
                     break
-                self._cond.wait(left)
+                self._cond.wait(min(left, HEARTBEAT_S))
+                self._beat = time.monotonic()
             jobs: List[Job] = []
             now = time.monotonic()
             while self._queue and len(jobs) < self.max_batch:
