@@ -100,9 +100,11 @@ class LanedDispatcher(ThreadedTaskDispatcher):
 
 def capacity_settings(threads: int) -> dict:
     """waitress arguments about how many connections and requests tsfmd takes at once."""
+    limit = connection_limit()
+    log.info("accepting up to %d connections, %d request threads", limit, threads)
     return {
         "threads": threads,
-        "connection_limit": connection_limit(),
+        "connection_limit": limit,
         "backlog": LISTEN_BACKLOG,
         "asyncore_use_poll": True,
     }
