@@ -362,10 +362,11 @@ def test_sighup_and_tsfmd_reload_command(lifecycle, signal_handlers):
 
 
 @pytest.mark.slow
-def test_watchdog_pings_only_while_the_server_answers(tmp_path, monkeypatch):
-    """One HTTP thread held by a forecast: /healthz cannot answer, so no WATCHDOG=1 goes out
-    (systemd would restart a wedged daemon); once the thread is free, pings resume."""
-    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # ping every 0.2 s
+def test_watchdog_pings_while_every_request_thread_is_held(tmp_path, monkeypatch):
+    """Pings come from in-process liveness (the server loop, the model workers), not from an
+    HTTP call to /healthz: a forecast holding the only request thread is load, not a wedge,
+    and must not get the daemon restarted (test_overload.py wedges the loop itself)."""
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # WatchdogSec=0.4 s: a ping every 0.1 s
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     GATES["wedge"], ENTERED["wedge"] = threading.Event(), threading.Event()
     life = Lifecycle(tmp_path, gate("held", "    options:\n      gate: wedge\n"), threads=1)
@@ -374,13 +375,11 @@ def test_watchdog_pings_only_while_the_server_answers(tmp_path, monkeypatch):
         wait_until(lambda: len(life.notify.having("WATCHDOG")) >= 3, timeout=10)
         held = threading.Thread(target=life.post, args=("/held",))
         held.start()
-        time.sleep(1.2)  # the ping in progress when the thread got taken may still land
-        wedged_from = len(life.notify.having("WATCHDOG"))
-        time.sleep(2.5)
-        assert len(life.notify.having("WATCHDOG")) == wedged_from
+        assert ENTERED["wedge"].wait(timeout=10)  # the only request thread is taken
+        taken_at = len(life.notify.having("WATCHDOG"))
+        wait_until(lambda: len(life.notify.having("WATCHDOG")) >= taken_at + 3, timeout=10)
         GATES["wedge"].set()
         held.join(timeout=30)
-        wait_until(lambda: len(life.notify.having("WATCHDOG")) >= wedged_from + 3, timeout=10)
     finally:
         GATES["wedge"].set()
         life.close()

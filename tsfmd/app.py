@@ -20,8 +20,10 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from tsfmd import errors
+from tsfmd.admission import Admission
 from tsfmd.protocol import parse_request, success_reply
 from tsfmd.runtime import READY, Models
+from tsfmd.waitress_hooks import ARRIVED
 
 access_log = logging.getLogger("tsfmd.access")
 log = logging.getLogger("tsfmd.app")
@@ -67,7 +69,11 @@ def create_app(
     models: Models,
     max_request_bytes: int = 16 * 1024 * 1024,
     daemon_status: Optional[Callable[[], dict]] = None,
+    admission: Optional[Admission] = None,
 ) -> Flask:
+    """`admission` bounds the request threads forecasts may hold (the daemon passes one for
+    its `server.threads`); without one each model is bounded by its own queue and batch."""
+    admission = admission or Admission()
     app = Flask("tsfmd")
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
 
@@ -137,8 +143,13 @@ def create_app(
 
     @app.get("/v1/models")
     def list_models():
-        handles = models.table.handles.values()
-        return json_response({"models": [h.describe() for h in handles]})
+        described = []
+        for h in models.table.handles.values():
+            info = h.describe()
+            if info.get("batching") is not None:
+                info["batching"]["admission"] = admission.describe(h.key, h.executor)
+            described.append(info)
+        return json_response({"models": described})
 
     @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     @app.route("/<path:path>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
@@ -154,13 +165,19 @@ def create_app(
                 {"Allow": "POST"},
             )
         caps = handle.ready_capabilities()
-        forecast_request = parse_request(_json_body(), caps, handle.key)
+        # Admission first: over its budget the request gets 503 + Retry-After at once, before
+        # its body is parsed and before it waits on the model (tsfmd/admission.py).
+        ticket = admission.enter(handle.key, handle.executor)
         try:
+            forecast_request = parse_request(_json_body(), caps, handle.key)
             # waitress's hang-up probe (see server.py, channel_request_lookahead)
             gone = request.environ.get("waitress.client_disconnected")
-            forecast = handle.submit(forecast_request, gone)
+            arrived = request.environ.get(ARRIVED)  # the deadline counts from here
+            forecast = handle.submit(forecast_request, gone, arrived)
         except errors.Unsupported as exc:
             raise errors.Unsupported(f"model {handle.key}: {exc}") from exc
+        finally:
+            ticket.release()
         return json_response(success_reply(forecast_request, forecast, 0, caps))
 
     return app

@@ -9,10 +9,13 @@ one forward pass at a time per model: on a small CPU concurrent requests queue i
 fighting over the cores.
 
 Overload is answered, never absorbed:
-  * queue full                   -> 503 with Retry-After, at once;
-  * still queued at `timeout_s`  -> 503 with Retry-After (it never ran; the model is busy);
+  * over the model's admission limit (tsfmd/admission.py) or queue full
+                                 -> 503 with Retry-After, at once;
+  * still queued at its deadline -> 503 with Retry-After (it never ran; the model is busy);
   * its batch still running then -> 504 (the forecast itself is slower than `timeout_s`).
-A request whose deadline passed, or whose client hung up, is dropped before its batch runs.
+A request's deadline is `timeout_s` after it ARRIVED (waitress read its first bytes), not
+after a thread picked it up. A request whose deadline passed, or whose client hung up, is
+dropped before its batch runs.
 Under waitress a hang-up is visible only while the channel stays readable, which the
 daemon turns on with `channel_request_lookahead`; a client that vanishes while its batch
 runs still costs its slot in that batch (a forward pass cannot drop a row half-way).
@@ -21,6 +24,10 @@ If a batch raises, its members are retried one by one, so one bad series fails o
 own request. A family may define `horizon_group(horizon)`: requests whose horizons map to
 different groups never share a forward pass (for models whose first h steps depend on the
 total horizon asked for, e.g. a decoder that picks its output head by the steps left).
+
+The worker beats a heartbeat at least every second; `liveness_problem()` says when the
+worker died, stopped beating, or runs one batch far longer than any deadline (wedged), so
+the systemd watchdog stops pinging (tsfmd/liveness.py).
 """
 from __future__ import annotations
 
@@ -44,6 +51,26 @@ log = logging.getLogger("tsfmd.batching")
 _DISCONNECT_POLL_S = 0.25
 #: smoothing of the measured time per forecast that Retry-After is estimated from
 _EWMA = 0.2
+#: the longest an idle worker sleeps between heartbeats
+HEARTBEAT_S = 1.0
+
+
+def wedged_after(timeout_s: float) -> float:
+    """A forward pass running this long is stuck, not slow: far past every deadline."""
+    return max(120.0, 10.0 * timeout_s)
+
+
+def start_of(arrived: Optional[float], now: float) -> float:
+    """When a request's deadline starts: its arrival (a time.monotonic() stamp), else now."""
+    return arrived if arrived is not None and arrived <= now else now
+
+
+def running_too_long(key: str, since: Optional[float], timeout_s: float,
+                     now: float) -> Optional[str]:
+    if since is not None and now - since > wedged_after(timeout_s):
+        return (f"model {key}: one forward pass has run for {now - since:.0f}s "
+                f"(batching.timeout_s {timeout_s:g})")
+    return None
 
 
 @dataclass(eq=False)
@@ -54,6 +81,7 @@ class Job:
     horizon: int
     enqueued: float
     deadline: float
+    arrived: float
     disconnected: Optional[Callable[[], bool]] = None
     state: str = "queued"  # queued -> running -> done, or queued -> done (dropped)
     result: Optional[Forecast] = None
@@ -147,6 +175,8 @@ class BatchingExecutor:
         self._running = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._beat = time.monotonic()  # the worker's heartbeat
+        self._batch_started: Optional[float] = None
         self._expect_company = False  # were requests concurrent lately? then gather
         self._group = getattr(model, "horizon_group", None)
         self._worker = threading.Thread(target=self._work, name=f"batch-{key}", daemon=True)
@@ -154,11 +184,25 @@ class BatchingExecutor:
 
     # -- the caller's side ---------------------------------------------------------------
 
-    def submit(self, request, disconnected: Optional[Callable[[], bool]] = None) -> Forecast:
-        """Queue `request`, wait for its batch, return its own Forecast (batch of 1)."""
+    @property
+    def running_slots(self) -> int:
+        """Requests that run at once (one batch)."""
+        return self.max_batch
+
+    def submit(self, request, disconnected: Optional[Callable[[], bool]] = None,
+               arrived: Optional[float] = None) -> Forecast:
+        """Queue `request`, wait for its batch, return its own Forecast (batch of 1).
+        `arrived` (time.monotonic()) is when the request reached tsfmd: its deadline starts
+        there."""
         now = time.monotonic()
-        job = Job(request.series, int(request.horizon), now, now + self.timeout_s, disconnected)
+        start = start_of(arrived, now)
+        job = Job(request.series, int(request.horizon), now, start + self.timeout_s, start,
+                  disconnected)
         with self._cond:
+            if now >= job.deadline:  # it waited its whole deadline before reaching us
+                error = self._late_error(job)
+                self._count_dropped(error, before_run=True)
+                raise error
             if self._closing:
                 raise Unavailable(f"model {self.key} is shutting down", retry_after=5)
             if len(self._queue) >= self.queue_size:
@@ -196,14 +240,14 @@ class BatchingExecutor:
             job.finish(error=error)
 
     def _late_error(self, job: Job) -> ServeError:
-        waited = time.monotonic() - job.enqueued
+        waited = time.monotonic() - job.arrived
         if job.state == "running":
             return DeadlineExceeded(
                 f"model {self.key}: the forecast did not finish within batching.timeout_s "
-                f"{self.timeout_s:g}s (waited {waited:.1f}s)",
+                f"{self.timeout_s:g}s of the request's arrival (waited {waited:.1f}s)",
             )
         return Overloaded(
-            f"model {self.key} is overloaded: the request waited {waited:.1f}s in the queue "
+            f"model {self.key} is overloaded: the request waited {waited:.1f}s since it arrived "
             f"without starting (batching.timeout_s {self.timeout_s:g}); retry later",
             self._retry_after(),
         )
@@ -228,6 +272,7 @@ class BatchingExecutor:
             if jobs is None:
                 return
             try:
+                self._batch_started = time.monotonic()
                 self._run(jobs)
             except BaseException as exc:  # the worker must outlive any one batch
                 log.exception("model %s: batch worker error", self.key)
@@ -237,12 +282,16 @@ class BatchingExecutor:
             finally:
                 with self._cond:
                     self._running = 0
+                    self._batch_started = None
+                    self._beat = time.monotonic()
 
     def _next_batch(self) -> Optional[List[Job]]:
         """Block for the next batch; None once closed. May return [] (all were dropped)."""
         with self._cond:
             while not self._queue and not self._closing:
-                self._cond.wait()
+                self._beat = time.monotonic()
+                self._cond.wait(HEARTBEAT_S)
+            self._beat = time.monotonic()
             if self._closing:
                 return None
             # Wait for company until the oldest request has waited max_wait: a request that
@@ -254,7 +303,8 @@ class BatchingExecutor:
                 left = gather_until - time.monotonic()
                 if left <= 0 or not self._queue:
                     break
-                self._cond.wait(left)
+                self._cond.wait(min(left, HEARTBEAT_S))
+                self._beat = time.monotonic()
             jobs: List[Job] = []
             now = time.monotonic()
             while self._queue and len(jobs) < self.max_batch:
@@ -308,6 +358,19 @@ class BatchingExecutor:
                 job.finish(result=answer)
 
     # -- lifecycle and reporting ---------------------------------------------------------
+
+    def liveness_problem(self, stale_after: float, now: Optional[float] = None) -> Optional[str]:
+        """Why this model's worker is not alive (None when it is): it died, it has not beaten
+        for `stale_after` seconds while idle, or one batch runs far past every deadline."""
+        now = time.monotonic() if now is None else now
+        if self._closing:
+            return None  # closed on purpose (reload, stop)
+        if not self._worker.is_alive():
+            return f"model {self.key}: its batch worker thread has died"
+        started = self._batch_started
+        if started is None and now - self._beat > stale_after:
+            return f"model {self.key}: its batch worker has not run for {now - self._beat:.0f}s"
+        return running_too_long(self.key, started, self.timeout_s, now)
 
     def describe(self) -> dict:
         with self._cond:

@@ -4,8 +4,10 @@
 offer `submit(request, disconnected=None) -> Forecast` (a batch of 1), `describe()` for
 /v1/models, and `close()`; both run one forward pass at a time per model, so concurrent
 requests queue instead of fighting over the cores, and both answer overload the same way:
-a full queue or a request that waited `timeout_s` without starting gets a 503 with
-Retry-After. The batching executor lives in `tsfmd/batching.py`.
+a full queue or a request that waited `timeout_s` since it arrived without starting gets a
+503 with Retry-After. `running_slots` (requests that run at once) and `queue_size` are what
+tsfmd/admission.py bounds a model's request threads by, and `liveness_problem()` is what
+the systemd watchdog asks. The batching executor lives in `tsfmd/batching.py`.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Deque, Optional
 
 import torch
 
-from tsfmd.batching import BatchingExecutor, Stats
+from tsfmd.batching import BatchingExecutor, Stats, running_too_long, start_of
 from tsfmd.errors import ClientGone, Overloaded
 from tsfmd.families.base import Family, Forecast
 from tsfmd.protocol import ForecastRequest
@@ -41,25 +43,36 @@ class SerialExecutor:
         self._lock = threading.Lock()  # guards the fields below
         self._busy = False  # a forecast runs (or the model was just handed to a waiter)
         self._waiters: Deque[threading.Event] = collections.deque()
+        self._forecast_started: Optional[float] = None
+
+    #: one forecast at a time
+    running_slots = 1
 
     def submit(
-        self, request: ForecastRequest, disconnected: Optional[Callable[[], bool]] = None
+        self, request: ForecastRequest, disconnected: Optional[Callable[[], bool]] = None,
+        arrived: Optional[float] = None,
     ) -> Forecast:
-        self._acquire(time.monotonic() + self.timeout_s, disconnected)
+        """Run `request` when the model is free; its deadline starts at `arrived`
+        (time.monotonic() when it reached tsfmd), else now."""
+        now = time.monotonic()
+        self._acquire(start_of(arrived, now) + self.timeout_s, disconnected)
         try:
-            began = time.monotonic()
+            began = self._forecast_started = time.monotonic()
             with torch.inference_mode():
                 forecast = self.model.forecast([request.series], request.horizon)
             with self._lock:
                 self.stats.record_batch(1, time.monotonic() - began)
             return forecast
         finally:
+            self._forecast_started = None
             self._release()
 
     def _acquire(self, deadline: float, disconnected) -> None:
         """Own the model, or raise Overloaded (queue full, waited timeout_s) / ClientGone."""
         ticket = threading.Event()
         with self._lock:
+            if deadline <= time.monotonic():  # it waited its whole deadline before reaching us
+                raise self._too_late()
             if not self._busy and not self._waiters:
                 self._busy = True
                 return
@@ -78,17 +91,22 @@ class SerialExecutor:
                 if ticket.is_set():
                     return  # handed over just now: run it after all
                 self._waiters.remove(ticket)
-                self.stats.dropped += 1
                 if not timed_out:
+                    self.stats.dropped += 1
                     self.stats.client_gone += 1
                     raise ClientGone(
                         f"model {self.key}: the client closed the connection; request dropped")
-                self.stats.timed_out += 1
-                raise Overloaded(
-                    f"model {self.key} is overloaded: the request waited {self.timeout_s:g}s "
-                    f"without starting (batching.timeout_s); retry later",
-                    self._retry_after(),
-                )
+                raise self._too_late()
+
+    def _too_late(self) -> Overloaded:
+        """Count a request whose deadline passed before it started (call under the lock)."""
+        self.stats.dropped += 1
+        self.stats.timed_out += 1
+        return Overloaded(
+            f"model {self.key} is overloaded: the request waited {self.timeout_s:g}s since it "
+            f"arrived without starting (batching.timeout_s); retry later",
+            self._retry_after(),
+        )
 
     def _release(self) -> None:
         with self._lock:
@@ -99,6 +117,11 @@ class SerialExecutor:
 
     def _retry_after(self) -> int:
         return self.stats.retry_after(len(self._waiters) + int(self._busy))
+
+    def liveness_problem(self, stale_after: float, now: Optional[float] = None) -> Optional[str]:
+        """No worker thread to watch: only a forecast stuck far past every deadline."""
+        now = time.monotonic() if now is None else now
+        return running_too_long(self.key, self._forecast_started, self.timeout_s, now)
 
     def describe(self) -> dict:
         with self._lock:

@@ -54,10 +54,10 @@ class Notifier:
         self.send("WATCHDOG=1")
 
 
-def watchdog_interval() -> float:
-    """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or 0 when not asked for."""
+def watchdog_seconds() -> float:
+    """systemd's WatchdogSec for this process (WATCHDOG_USEC), or 0 when not asked for."""
     usec = os.environ.get("WATCHDOG_USEC", "")
     pid = os.environ.get("WATCHDOG_PID", "")
     if not usec.isdigit() or (pid and pid != str(os.getpid())):
         return 0.0
-    return int(usec) / 1_000_000 / 2
+    return int(usec) / 1_000_000

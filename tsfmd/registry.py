@@ -43,7 +43,7 @@ class BatchingSettings:
     max_batch: int = 16
     max_wait_ms: float = 5.0
     queue_size: int = 256
-    timeout_s: float = 60.0
+    timeout_s: float = 50.0  # below TDgpt's 60 s SQL timeout: the SQL user reads our error
 
 
 @dataclass(frozen=True)

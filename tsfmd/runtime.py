@@ -124,11 +124,13 @@ class ModelHandle:
         return self.caps
 
     def submit(
-        self, request: ForecastRequest, disconnected: Optional[Callable[[], bool]] = None
+        self, request: ForecastRequest, disconnected: Optional[Callable[[], bool]] = None,
+        arrived: Optional[float] = None,
     ) -> Forecast:
         """Run one request through the model's executor (batched or serial); `disconnected`
-        says whether the client hung up, so a request nobody waits for is not run."""
-        return self.executor.submit(request, disconnected)
+        says whether the client hung up, so a request nobody waits for is not run; the
+        deadline counts from `arrived` (time.monotonic() when the request reached tsfmd)."""
+        return self.executor.submit(request, disconnected, arrived)
 
     def describe(self) -> dict:
         caps = self.caps

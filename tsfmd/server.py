@@ -18,10 +18,13 @@ import waitress
 from flask import has_request_context
 from waitress.server import BaseWSGIServer
 
+from tsfmd import liveness
+from tsfmd.admission import Admission
 from tsfmd.app import create_app
-from tsfmd.notify import Notifier, watchdog_interval
+from tsfmd.notify import Notifier, watchdog_seconds
 from tsfmd.registry import Registry, RegistryError, client_host, load_registry
 from tsfmd.runtime import Models
+from tsfmd.waitress_hooks import LanedDispatcher, capacity_settings, use_arrival_channels
 
 log = logging.getLogger("tsfmd.server")
 
@@ -113,14 +116,18 @@ class Daemon:
         settings = self.registry.server
         _set_torch_threads(settings.torch_threads)
         self.models = Models(settings.resolved_state_dir())
-        app = create_app(self.models, settings.max_request_bytes, self.status)
+        app = create_app(self.models, settings.max_request_bytes, self.status,
+                         Admission(settings.threads))
         self.inflight = InFlight(app.wsgi_app)
         app.wsgi_app = self.inflight
         self.server = waitress.create_server(
             app,
             host=settings.host,
             port=settings.port,
-            threads=settings.threads,
+            # forecasts hold at most a share of the threads (tsfmd/admission.py); the rest,
+            # and health checks ahead of waiting forecasts, keep answering during a burst
+            _dispatcher=LanedDispatcher(settings.threads),
+            **capacity_settings(settings.threads),
             # waitress's own cap sits above Flask's so the JSON 413 answers first
             max_request_body_size=settings.max_request_bytes + 65536,
             ident="tsfmd",
@@ -129,6 +136,9 @@ class Daemon:
             # queued forecast dropped (environ["waitress.client_disconnected"]).
             channel_request_lookahead=1,
         )
+        server_map = getattr(self.server, "_map", None) or getattr(self.server, "map", {})
+        use_arrival_channels(server_map)  # deadlines count from arrival
+        self._loop_probe = liveness.LoopProbe(self._first_listener(server_map).trigger)
         self._server_thread = threading.Thread(
             target=self.server.run, name="waitress", daemon=True
         )
@@ -318,27 +328,36 @@ class Daemon:
             for ch in list(server_map.values())
         )
 
+    @staticmethod
+    def _first_listener(server_map):
+        return next(d for d in server_map.values() if isinstance(d, BaseWSGIServer))
+
     def _start_watchdog(self) -> None:
-        interval = watchdog_interval()
-        if interval <= 0:
+        watchdog_sec = watchdog_seconds()
+        if watchdog_sec <= 0:
             return
         threading.Thread(
-            target=self._watchdog_loop, args=(interval,), name="watchdog", daemon=True
+            target=self._watchdog_loop, args=(watchdog_sec,), name="watchdog", daemon=True
         ).start()
-        log.info("watchdog: pinging systemd every %.1fs while the server answers", interval)
+        log.info("watchdog: pinging systemd (WatchdogSec %gs) while the server loop and every "
+                 "model worker run", watchdog_sec)
 
-    def _watchdog_loop(self, interval: float) -> None:
-        import requests
-
-        url = self._self_url("/healthz")
+    def _watchdog_loop(self, watchdog_sec: float) -> None:
+        """Ping WATCHDOG=1 from in-process liveness, never from an HTTP request (a burst may
+        hold every request thread): pings stop once the server loop has not run for half of
+        WatchdogSec, or a model's worker died or is wedged; the log says which."""
+        period = min(watchdog_sec / 4, 2.0)
+        loop_stale = watchdog_sec / 2
+        worker_stale = max(watchdog_sec / 2, 10.0)
         while not self._stop.is_set():
-            try:
-                # Ping only while the HTTP server really answers: a wedged server is restarted.
-                if requests.get(url, timeout=max(1.0, interval / 2)).status_code == 200:
-                    self.notifier.watchdog()
-            except requests.RequestException as exc:
-                log.warning("watchdog: the server did not answer %s: %s", url, exc)
-            self._stop.wait(interval)
+            handles = self.models.table.handles.values() if self.models else ()
+            found = liveness.problems(self._loop_probe, handles, loop_stale, worker_stale)
+            if found:
+                log.error("watchdog: not pinging systemd: %s", "; ".join(found))
+            else:
+                self.notifier.watchdog()
+            self._loop_probe.pull()
+            self._stop.wait(period)
 
     def _self_url(self, path: str) -> str:
         host = client_host(str(getattr(self.server, "effective_host", "127.0.0.1")))
