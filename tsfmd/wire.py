@@ -43,6 +43,7 @@ class Wire:
         self.max_request_bytes = max_request_bytes
         self.stopping = threading.Event()
         self.stop_began = 0.0  # time.time(), as waitress's last_activity
+        self.idle_grace = IDLE_GRACE_SECONDS
 
     def begin_stop(self) -> None:
         self.stop_began = time.time()
@@ -132,15 +133,14 @@ def accept_backlog(listener: BaseWSGIServer, most: int) -> int:
     return taken
 
 
-def sweep(channels: Iterable[HTTPChannel], wire: Wire, grace: float = IDLE_GRACE_SECONDS,
-          now: Optional[float] = None) -> int:
-    """Close the connections idle beyond `grace` since the later of their last activity and
-    the stop; return how many remain open. Run in the loop thread (it owns the sockets)."""
+def sweep(channels: Iterable[HTTPChannel], wire: Wire, now: Optional[float] = None) -> int:
+    """Close the connections idle beyond the grace since the later of their last activity
+    and the stop; return how many remain open. Run in the loop thread (it owns the sockets)."""
     now = time.time() if now is None else now
     remaining = 0
     for channel in channels:
         since = channel.idle_since() if isinstance(channel, TsfmdChannel) else None
-        if since is not None and now - max(since, wire.stop_began) >= grace \
+        if since is not None and now - max(since, wire.stop_began) >= wire.idle_grace \
                 and not channel.has_unread_input():
             channel.handle_close()
             continue
