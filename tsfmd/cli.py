@@ -46,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check)
 
     # Sub-commands owned by other modules register themselves here, one line each.
-    from tsfmd import install_unit, reload_cmd  # light: no torch, no Flask
+    from tsfmd import exit_report, install_unit, reload_cmd  # light: no torch, no Flask
 
     reload_cmd.add_parser(commands)
     install_unit.add_parser(commands)
+    exit_report.add_parser(commands)
     from tsfmd.anode import install as anode_adapters  # light: no torch, no Flask
     anode_adapters.add_parser(commands)
     return parser
