@@ -57,7 +57,7 @@ class KeepAliveClient:
             if conn.sock is None:
                 try:
                     conn.connect()
-                except ConnectionRefusedError:
+                except OSError:  # refused (or reset while connecting): no request was sent
                     self.refused = True
                     return
             seed += 1
@@ -142,9 +142,11 @@ def one_request(conn: http.client.HTTPConnection, seed: int = 0):
 
 
 def refused(port: int) -> bool:
+    """No new connection is taken. A connect racing the listener's close may be reset
+    instead of refused (the kernel had completed it): equally not taken, nothing sent."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
     return False
 
@@ -169,6 +171,35 @@ def test_idle_connection_may_carry_one_more_request_after_the_stop(tmp_path):
     assert response.getheader("Connection") == "close"
     stopper.join(timeout=30)
     assert not stopper.is_alive() and time.monotonic() - began < 60
+
+
+def test_http10_keep_alive_client_is_told_to_close_once(tmp_path):
+    server = start_tsfmd(tmp_path, MODEL)
+    server.daemon.wire.idle_grace = 120.0
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    ask = b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+
+    def answer() -> bytes:
+        data = b""
+        while not data.endswith(b'{"status": "ok"}'):
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        return data
+
+    sock.sendall(ask)
+    assert b"\r\nConnection: Keep-Alive\r\n" in answer()
+    stopper = threading.Thread(target=server.daemon.stop, kwargs={"drain_seconds": 60})
+    stopper.start()
+    wait_until(lambda: refused(server.port), timeout=10)
+    sock.sendall(ask)
+    head = answer().split(b"\r\n\r\n")[0].decode()
+    assert [h for h in head.split("\r\n") if h.lower().startswith("connection:")] == [
+        "Connection: close"], head
+    assert sock.recv(4096) == b""  # and it closes, so the stop can end
+    stopper.join(timeout=30)
+    assert not stopper.is_alive()
+    sock.close()
 
 
 def test_connection_idle_past_the_grace_is_closed_cleanly(tmp_path):

@@ -146,3 +146,11 @@ def test_the_server_keeps_serving_after_malformed_requests(server):
     for raw in (b"GARBAGE\r\n\r\n", request("POST", {"Content-Length": "x"})):
         exchange(server, raw)
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+
+
+def test_a_client_library_sending_a_big_body_reads_the_json_413(server):
+    """waitress refuses on the headers while the client still sends: the answer is read."""
+    r = requests.post(server.url + "/fracast", data=b"1" * 1_000_000,
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and r.json()["error"].startswith(
+        f"the body is larger than the server's limit of {LIMIT} bytes")

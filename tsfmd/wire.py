@@ -84,7 +84,9 @@ class StoppableTask(WSGITask):
 
     def build_response_header(self):
         if self.channel.server.tsfmd_wire.stopping.is_set():
-            self.set_close_on_finish()
+            # as if the client had asked to close: waitress then says `Connection: close`
+            # and closes after this answer, for HTTP/1.1 and for HTTP/1.0 keep-alive alike
+            self.request.headers["CONNECTION"] = "close"
         return super().build_response_header()
 
 
