@@ -96,37 +96,52 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180):
     wait_until(ready, timeout=timeout, interval=0.3)
 
 
+def through_stop(port: int, clients: int, stop):
+    """Start `clients` keep-alive loops, call `stop()` once each has had a few answers;
+    return (the clients, stop()'s result, the seconds it took)."""
+    loops = [KeepAliveClient(port, worker) for worker in range(clients)]
+    for client in loops:
+        client.thread.start()
+    try:
+        wait_until(lambda: all(c.answered >= 3 for c in loops), timeout=120)
+        assert all(c.closes == 0 for c in loops)  # keep-alive until the stop
+        began = time.monotonic()
+        result = stop()
+        took = time.monotonic() - began
+        for client in loops:
+            client.thread.join(timeout=30)
+    finally:
+        for client in loops:
+            client.stop.set()
+    return loops, result, took
+
+
+def assert_nothing_lost(clients, log: str = ""):
+    failures = [c.failure for c in clients if c.failure]
+    assert failures == [], f"{failures}\n{log[-3000:]}"
+    # each connection ended with an answer saying Connection: close, then was refused anew
+    assert all(c.refused and c.closes >= 1 for c in clients), [vars(c) for c in clients]
+
+
+def sigterm_and_wait(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=DRAIN_SECONDS + 30)
+
+
 def test_sigterm_with_keep_alive_clients_answers_everything_and_resets_nothing(tmp_path):
     port = free_port()
     process = serve(tmp_path, port)
-    clients = []
     try:
         wait_ready(f"http://127.0.0.1:{port}", process)
-        clients = [KeepAliveClient(port, worker) for worker in range(6)]
-        for client in clients:
-            client.thread.start()
-        wait_until(lambda: all(c.answered >= 5 for c in clients), timeout=120)
-        assert all(c.closes == 0 for c in clients)  # keep-alive until the stop
-
-        began = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        returncode = process.wait(timeout=DRAIN_SECONDS + 30)
-        took = time.monotonic() - began
-        for client in clients:
-            client.thread.join(timeout=30)
+        clients, returncode, took = through_stop(port, 6, lambda: sigterm_and_wait(process))
     finally:
-        for client in clients:
-            client.stop.set()
         if process.poll() is None:
             process.kill()
             process.wait()
     log = process.stdout.read()
-    failures = [c.failure for c in clients if c.failure]
-    assert failures == [], f"{failures}\n{log[-3000:]}"
+    assert_nothing_lost(clients, log)
     assert returncode == 0, log[-3000:]
     assert took < DRAIN_SECONDS, f"the stop took {took:.1f}s"
-    # each connection ended with an answer saying Connection: close, then was refused anew
-    assert all(c.refused and c.closes >= 1 for c in clients), [vars(c) for c in clients]
     assert "INFO tsfmd.server: stopped" in log
     assert "still in flight" not in log
 

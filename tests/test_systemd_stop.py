@@ -20,7 +20,7 @@ import requests
 
 from conftest import free_port, wait_until
 from systemd_lab import SystemdLab, unavailable_reason
-from test_stop import KeepAliveClient
+from test_stop import assert_nothing_lost, through_stop
 from tsfmd.exit_report import memory_report, oom_message
 from tsfmd.server import DRAIN_SECONDS
 
@@ -63,23 +63,10 @@ def since_last_start(journal: str) -> str:
 def test_systemctl_stop_during_keep_alive_load(lab):
     started = lab.systemctl("start", "tsfmd.service")
     assert started.returncode == 0, started.stderr + lab.journal()
-    clients = [KeepAliveClient(lab.port, worker) for worker in range(4)]
-    for client in clients:
-        client.thread.start()
-    try:
-        wait_until(lambda: all(c.answered >= 3 for c in clients), timeout=120)
-        began = time.monotonic()
-        stopped = lab.systemctl("stop", "tsfmd.service")
-        took = time.monotonic() - began
-        for client in clients:
-            client.thread.join(timeout=30)
-    finally:
-        for client in clients:
-            client.stop.set()
+    clients, stopped, took = through_stop(
+        lab.port, 4, lambda: lab.systemctl("stop", "tsfmd.service"))
     assert stopped.returncode == 0, stopped.stderr
-    failures = [c.failure for c in clients if c.failure]
-    assert failures == [], failures
-    assert all(c.refused and c.closes >= 1 for c in clients), [vars(c) for c in clients]
+    assert_nothing_lost(clients)
     props = lab.show("tsfmd.service", "ActiveState", "Result", "ExecMainStatus")
     assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
     assert took < DRAIN_SECONDS, f"systemctl stop took {took:.1f}s"
