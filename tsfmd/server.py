@@ -190,8 +190,9 @@ class Daemon:
 
     @property
     def address(self) -> str:
-        host = getattr(self.server, "effective_host", self.registry.server.host)
-        port = getattr(self.server, "effective_port", self.registry.server.port)
+        settings = self._listen_settings(self.registry.server)
+        host = getattr(self.server, "effective_host", settings.host)
+        port = getattr(self.server, "effective_port", settings.port)
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}"
 
