@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import waitress
+from waitress import wasyncore
 
 from conftest import free_port, registry_yaml, start_tsfmd, wait_until
 from tsfmd import wire
@@ -291,3 +293,43 @@ def test_listen_advice_per_errno():
         "an address of this machine; choose another server.host/server.port in /etc/r.yaml")
     assert "ports below 1024" in advice(errno.EACCES)
     assert advice(errno.EADDRINUSE, "::1").startswith("cannot listen on [::1]:5001: ")
+
+
+# -- the listener's backlog -----------------------------------------------------------------
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+@pytest.mark.parametrize("take_backlog", [True, False], ids=["taken", "not-taken"])
+def test_closing_the_listener_serves_the_backlog_instead_of_resetting_it(take_backlog):
+    """A connection the kernel completed (with its request sent) before the listener closes:
+    taken and answered. The not-taken case shows what closing alone does to it."""
+    server = waitress.create_server(hello, host="127.0.0.1", port=0, threads=1)
+    wire.install([server], wire.Wire(1024))
+    client = socket.create_connection(("127.0.0.1", server.effective_port), timeout=30)
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # in the backlog: no loop runs yet
+    taken = wire.accept_backlog(server, 10) if take_backlog else 0
+    server.del_channel()
+    server.socket.close()
+    loop = threading.Thread(target=server.run, daemon=True)
+    loop.start()
+    try:
+        if take_backlog:
+            assert taken == 1
+            answer = b""
+            while not answer.endswith(b"hello"):
+                chunk = client.recv(4096)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 OK")
+        else:
+            with pytest.raises(ConnectionResetError):
+                client.recv(4096)
+    finally:
+        client.close()
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # ends the loop
+        loop.join(timeout=10)
+        server.task_dispatcher.shutdown(timeout=5)
