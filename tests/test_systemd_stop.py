@@ -2,8 +2,9 @@
 that is taken, and an OOM kill at MemoryMax=.
 
 One lab for the module, booted in a cgroup of its own in the memory hierarchy too, so a
-test's MemoryMax= applies to the lab's tsfmd.service only. The tests run in file order. The memory drop-in and the OOM report are also checked
-without a lab (systemd-analyze verify, fake cgroup files).
+test's MemoryMax= applies to the lab's tsfmd.service only. The tests run in file order.
+The memory drop-in and the OOM report are also checked without a lab (systemd-analyze
+verify, fake cgroup files).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def under_lab(test):
     for mark in LAB:
         test = mark(test)
     return test
+
 
 MODEL = "  fracast:\n    family: fracast\n    source: bundled\n    device: cpu\n"
 
