@@ -70,8 +70,12 @@ def unavailable_reason() -> Optional[str]:
 
 
 class SystemdLab:
-    def __init__(self, lab: Path, registry_text: str, watchdog_sec: int = 6):
+    def __init__(self, lab: Path, registry_text: str, watchdog_sec: int = 6,
+                 memory_cgroup: bool = False):
+        """memory_cgroup: also start the lab in a cgroup of its own in a cgroup v1 memory
+        hierarchy, so MemoryMax= applies to (and OOM kills stay inside) the lab's units."""
         self.lab = lab
+        self.memory_cgroup = memory_cgroup
         self.sysroot = lab / "sysroot"
         self.units = lab / "units"
         self.registry = self.sysroot / "etc" / "tsfmd" / "tsfmd.yaml"
@@ -115,6 +119,16 @@ class SystemdLab:
         boot.write_text(BOOT.format(systemd=SYSTEMD))
         boot.chmod(0o755)
 
+    def dropin(self, name: str, text: str) -> None:
+        """Add (or with text "" remove) a drop-in of the lab's tsfmd.service, and reload."""
+        path = self.units / "tsfmd.service.d" / name
+        if text:
+            path.write_text(text)
+        elif path.exists():
+            path.unlink()
+        if self.pid1 is not None:
+            self.systemctl("daemon-reload", check=True)
+
     def user_id(self, name: str = "tsfmd") -> int:
         for line in (self.sysroot / "etc" / "passwd").read_text().splitlines():
             fields = line.split(":")
@@ -129,7 +143,7 @@ class SystemdLab:
         self._cgroup_dirs = _missing_cgroup_dirs(self.cgroup)
         keep = {str(self.lab), *(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, REPO))}
         env = dict(os.environ, LAB=str(self.lab), LABCG=self.cgroup,
-                   CGROUP_MOUNTS=" ".join(_systemd_cgroup_mounts()),
+                   CGROUP_MOUNTS=" ".join(_systemd_cgroup_mounts(self.memory_cgroup)),
                    KEEP_TMP=":".join(sorted(p for p in keep if p.startswith("/tmp/"))))
         log = open(self.lab / "pid1.log", "wb")
         # --kill-child: if unshare dies (the test run was killed), PID 1 dies with it;
@@ -237,11 +251,13 @@ def _own_cgroup() -> str:
     return max(paths, key=len).rstrip("/")
 
 
-def _systemd_cgroup_mounts() -> list:
+def _systemd_cgroup_mounts(memory: bool = False) -> list:
     """The hierarchies systemd tracks its units in: name=systemd and cgroup2 (hybrid), or
-    the cgroup2 root (unified)."""
-    mounts = [m for m in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
-              if os.path.exists(f"{m}/cgroup.procs")]
+    the cgroup2 root (unified); with `memory`, also a v1 memory hierarchy (hybrid)."""
+    candidates = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"]
+    if memory:
+        candidates.append("/sys/fs/cgroup/memory")
+    mounts = [m for m in candidates if os.path.exists(f"{m}/cgroup.procs")]
     return mounts or ["/sys/fs/cgroup"]
 
 

@@ -419,4 +419,6 @@ def test_sigterm_lets_the_request_in_flight_finish(lifecycle, signal_handlers):
     assert not life.loop.is_alive(), "the daemon did not finish stopping"
     assert answer["r"].status_code == 200 and answer["r"].json()["output"][0] == pytest.approx(
         np.sin(63 / 5.0) * 3 + 10)
+    # answered during the stop: the client is told not to reuse the connection
+    assert answer["r"].headers["Connection"] == "close"
     assert life.notify.having("STOPPING")[0]["STATUS"].startswith("stopping")

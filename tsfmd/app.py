@@ -24,6 +24,7 @@ from tsfmd.admission import Admission
 from tsfmd.protocol import parse_request, success_reply
 from tsfmd.runtime import READY, Models
 from tsfmd.waitress_hooks import ARRIVED
+from tsfmd.wire import too_large_message
 
 access_log = logging.getLogger("tsfmd.access")
 log = logging.getLogger("tsfmd.app")
@@ -80,6 +81,7 @@ def create_app(
     @app.before_request
     def _start_timer():
         g.started = time.monotonic()
+        _refuse_encoded_body()
 
     @app.after_request
     def _log_request(response):
@@ -103,10 +105,7 @@ def create_app(
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc):
-        return error_response(
-            413, f"the body is larger than the server's limit of {max_request_bytes} bytes "
-            "(server.max_request_bytes)"
-        )
+        return error_response(413, too_large_message(max_request_bytes))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -181,6 +180,15 @@ def create_app(
         return json_response(success_reply(forecast_request, forecast, 0, caps))
 
     return app
+
+
+def _refuse_encoded_body() -> None:
+    """tsfmd reads bodies as sent: a compressed one would be parsed as garbage JSON."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise HttpError(
+            415, f"Content-Encoding {encoding!r} is not supported: send the JSON body "
+            "uncompressed (identity)", {"Accept-Encoding": "identity"})
 
 
 def _json_body():

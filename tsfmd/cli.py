@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help=f"registry file (default {DEFAULT_CONFIG} "
                        "if it exists, else the embedded default)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--host", default=None,
+                       help="listen on this address instead of the registry's server.host")
+    serve.add_argument("--port", type=_port, default=None,
+                       help="listen on this port instead of the registry's server.port")
     serve.set_defaults(handler=cmd_serve)
 
     check = commands.add_parser("check", help="validate a registry offline (like nginx -t)")
@@ -46,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check)
 
     # Sub-commands owned by other modules register themselves here, one line each.
-    from tsfmd import install_unit, reload_cmd  # light: no torch, no Flask
+    from tsfmd import exit_report, install_unit, reload_cmd  # light: no torch, no Flask
 
     reload_cmd.add_parser(commands)
     install_unit.add_parser(commands)
+    exit_report.add_parser(commands)
     from tsfmd.anode import install as anode_adapters  # light: no torch, no Flask
     anode_adapters.add_parser(commands)
     return parser
@@ -95,24 +100,41 @@ def cmd_check(args) -> int:
     return 0
 
 
+#: `tsfmd serve` exit statuses; the unit restarts on 1 and 3 (bounded), never on 2
+EXIT_STOPPED, EXIT_FAILED, EXIT_BAD_REGISTRY, EXIT_CANNOT_LISTEN = 0, 1, 2, 3
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {port}")
+    return port
+
+
 def cmd_serve(args) -> int:
     from tsfmd.logs import setup_logging
-    from tsfmd.server import Daemon
+    from tsfmd.server import Daemon, ListenError
 
     setup_logging(args.log_level)
     path = args.config or default_config()
-    daemon = Daemon(path)
+    daemon = Daemon(path, host=args.host, port=args.port)
     daemon.install_signal_handlers()
     try:
         daemon.start()
     except RegistryError as exc:
         log.error("cannot start: %s", exc)
-        return 2
-    except OSError as exc:  # e.g. the port is taken
+        return EXIT_BAD_REGISTRY
+    except ListenError as exc:  # e.g. the port is taken
         log.error("cannot start: %s", exc)
-        return 3
+        return EXIT_CANNOT_LISTEN
+    except OSError as exc:  # e.g. an unreadable state directory
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILED
     daemon.run_until_stopped()
-    return 0
+    return EXIT_STOPPED
 
 
 def main(argv: Optional[List[str]] = None) -> int:

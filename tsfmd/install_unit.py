@@ -8,16 +8,18 @@ back in read-only, so the shipped unit itself stays as strict as it is.
     tsfmd install-unit                 # onto this machine, then sysusers + daemon-reload
     tsfmd install-unit --root DIR      # into DIR (packaging, tests); runs nothing
     tsfmd install-unit --dry-run       # print what would be written
+    tsfmd install-unit --memory-max 12G  # also a drop-in sizing the memory bound
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 #: the path the shipped unit names; replaced by the tsfmd actually installed
 SHIPPED_EXECUTABLE = "/usr/local/bin/tsfmd"
@@ -47,6 +49,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print, write nothing")
     parser.add_argument("--gpu", action="store_true",
                         help="also install the GPU drop-in (NVIDIA device access)")
+    parser.add_argument("--memory-max", default=None, metavar="SIZE",
+                        help="memory bound of the daemon, e.g. 12G or 60%% (a drop-in with "
+                        "MemoryMax=SIZE and MemoryHigh= at 85%% of it)")
     parser.add_argument("--executable", default=None,
                         help="the tsfmd the unit runs (default: the one next to this Python)")
     parser.set_defaults(handler=cmd_install_unit)
@@ -97,7 +102,28 @@ def paths_dropin(paths: List[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan(executable: str, gpu: bool = False) -> List[InstallFile]:
+_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def memory_dropin(size: str) -> str:
+    """MemoryMax=SIZE and MemoryHigh= at 85% of it: the kernel reclaims and throttles before
+    it kills. SIZE as systemd reads it: bytes with K/M/G/T (base 1024), or a % of RAM."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)", size.strip().upper())
+    percent = re.fullmatch(r"(\d+(?:\.\d+)?)%", size.strip())
+    if percent and 0 < float(percent.group(1)) <= 100:
+        high = f"{float(percent.group(1)) * 0.85:g}%"
+    elif match and float(match.group(1)) > 0:
+        high = str(int(float(match.group(1)) * _UNITS[match.group(2)] * 0.85))
+    else:
+        raise ValueError(f"--memory-max: not a size like 12G, 800M or 60%: {size!r}")
+    return (f"# Written by `tsfmd install-unit --memory-max {size}`: the memory bound sized to\n"
+            "# this machine's models (README: Memory). Above MemoryHigh= the kernel reclaims\n"
+            "# and throttles tsfmd; at MemoryMax= it OOM-kills it (logged as such).\n"
+            f"[Service]\nMemoryMax={size.strip()}\nMemoryHigh={high}\n")
+
+
+def plan(executable: str, gpu: bool = False, memory_max: Optional[str] = None
+         ) -> List[InstallFile]:
     from tsfmd.cli import embedded_registry
 
     unit = packaged("tsfmd.service").replace(SHIPPED_EXECUTABLE, executable)
@@ -112,14 +138,16 @@ def plan(executable: str, gpu: bool = False) -> List[InstallFile]:
         files.append(InstallFile(f"/{DROPIN_DIR}/10-install-paths.conf", paths_dropin(hidden)))
     if gpu:
         files.append(InstallFile(f"/{DROPIN_DIR}/gpu.conf", packaged("gpu.conf")))
+    if memory_max:
+        files.append(InstallFile(f"/{DROPIN_DIR}/20-memory.conf", memory_dropin(memory_max)))
     return files
 
 
 def cmd_install_unit(args) -> int:
     try:
         executable = args.executable or tsfmd_executable()
-        files = plan(executable, args.gpu)
-    except FileNotFoundError as exc:
+        files = plan(executable, args.gpu, args.memory_max)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"tsfmd install-unit: {exc}", file=sys.stderr)
         return 1
     root = Path(args.root)

@@ -7,6 +7,8 @@ does the work, so a reload or a stop never runs inside a signal handler.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -16,20 +18,41 @@ from typing import Optional
 
 import waitress
 from flask import has_request_context
+from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 
-from tsfmd import liveness
+from tsfmd import liveness, wire
 from tsfmd.admission import Admission
 from tsfmd.app import create_app
 from tsfmd.notify import Notifier, watchdog_seconds
-from tsfmd.registry import Registry, RegistryError, client_host, load_registry
+from tsfmd.registry import (Registry, RegistryError, ServerSettings, client_host,
+                            load_registry)
 from tsfmd.runtime import Models
-from tsfmd.waitress_hooks import LanedDispatcher, capacity_settings, use_arrival_channels
+from tsfmd.waitress_hooks import LanedDispatcher, capacity_settings
 
 log = logging.getLogger("tsfmd.server")
 
 #: how long a stop waits for requests in flight before it exits anyway
 DRAIN_SECONDS = 30.0
+
+
+class ListenError(Exception):
+    """The daemon cannot listen on its address; the message names it and what to do."""
+
+
+def listen_advice(host: str, port: int, exc: OSError, config_path: str) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        what = ("another program (or another tsfmd) already listens there; stop it "
+                f"(`ss -ltnp 'sport = :{port}'` names it) or")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        what = f"{host} is not an address of this machine;"
+    elif exc.errno == errno.EACCES:
+        what = "ports below 1024 need privileges tsfmd does not have;"
+    else:
+        what = "check the address, or"
+    return (f"cannot listen on {where}: {exc.strerror or exc}: {what} choose another "
+            f"server.host/server.port in {config_path} (or `tsfmd serve --host/--port`)")
 
 
 class InFlight:
@@ -91,8 +114,12 @@ class _ClosingIterable:
 
 
 class Daemon:
-    def __init__(self, config_path: str, notifier: Optional[Notifier] = None):
+    def __init__(self, config_path: str, notifier: Optional[Notifier] = None,
+                 host: Optional[str] = None, port: Optional[int] = None):
         self.config_path = config_path
+        # `tsfmd serve --host/--port`: where to listen instead of the registry's server.*
+        self.listen_override = (host, port)
+        self.wire: Optional[wire.Wire] = None
         self.notifier = notifier or Notifier()
         self.registry: Optional[Registry] = None
         self.models: Optional[Models] = None
@@ -105,6 +132,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._server_thread: Optional[threading.Thread] = None
+        self._trigger = None  # wakes waitress's loop to run work in its thread
 
     # -- start ---------------------------------------------------------------------------
 
@@ -113,14 +141,15 @@ class Daemon:
         self.registry = load_registry(self.config_path)  # RegistryError: refuse to start
         for warning in self.registry.warnings:
             log.warning("%s", warning)
-        settings = self.registry.server
+        settings = self._listen_settings(self.registry.server)
         _set_torch_threads(settings.torch_threads)
         self.models = Models(settings.resolved_state_dir())
         app = create_app(self.models, settings.max_request_bytes, self.status,
                          Admission(settings.threads))
         self.inflight = InFlight(app.wsgi_app)
         app.wsgi_app = self.inflight
-        self.server = waitress.create_server(
+        self.wire = wire.Wire(settings.max_request_bytes)
+        self.server = self._bind(
             app,
             host=settings.host,
             port=settings.port,
@@ -136,9 +165,7 @@ class Daemon:
             # queued forecast dropped (environ["waitress.client_disconnected"]).
             channel_request_lookahead=1,
         )
-        server_map = getattr(self.server, "_map", None) or getattr(self.server, "map", {})
-        use_arrival_channels(server_map)  # deadlines count from arrival
-        self._loop_probe = liveness.LoopProbe(self._first_listener(server_map).trigger)
+        self._loop_probe = liveness.LoopProbe(self._trigger)
         self._server_thread = threading.Thread(
             target=self.server.run, name="waitress", daemon=True
         )
@@ -153,10 +180,29 @@ class Daemon:
         self.notifier.ready(self.models.table.summary())
         log.info("ready: %s", self.models.table.summary())
 
+    def _listen_settings(self, settings: ServerSettings) -> ServerSettings:
+        host, port = self.listen_override
+        return dataclasses.replace(settings, host=host or settings.host,
+                                   port=settings.port if port is None else port)
+
+    def _bind(self, app, **options):
+        """waitress.create_server, with tsfmd's channels (JSON error pages, the stop) and a
+        bind failure that names the address."""
+        try:
+            server = waitress.create_server(app, **options)
+        except OSError as exc:
+            raise ListenError(listen_advice(options["host"], options["port"], exc,
+                                            self.config_path)) from exc
+        listeners = _listeners_of(server)
+        wire.install(listeners, self.wire)
+        self._trigger = listeners[0].trigger
+        return server
+
     @property
     def address(self) -> str:
-        host = getattr(self.server, "effective_host", self.registry.server.host)
-        port = getattr(self.server, "effective_port", self.registry.server.port)
+        settings = self._listen_settings(self.registry.server)
+        host = getattr(self.server, "effective_host", settings.host)
+        port = getattr(self.server, "effective_port", settings.port)
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}"
 
@@ -280,57 +326,68 @@ class Daemon:
     # -- stop --------------------------------------------------------------------------
 
     def stop(self, drain_seconds: float = DRAIN_SECONDS) -> None:
-        """Stop accepting, let requests in flight finish (bounded), release the models."""
+        """Stop accepting, answer what was accepted (each with `Connection: close`), close
+        the idle keep-alive connections, then release the models; bounded by drain_seconds."""
         self._stop.set()  # also ends the watchdog thread when stop() is called directly
         self.notifier.stopping()
         log.info("stopping: no new connections; waiting for %d request(s) in flight",
                  self.inflight.count if self.inflight else 0)
         if self.server is not None:
-            self._close_listeners()
             deadline = time.monotonic() + drain_seconds
+            self._close_listeners()
             while time.monotonic() < deadline and not self._drained():
                 time.sleep(0.05)
             if not self._drained():
-                log.warning("stopping with %d request(s) still in flight after %.0fs",
-                            self.inflight.count, drain_seconds)
+                log.warning("stopping with %d request(s) still in flight and %d connection(s) "
+                            "open after %.0fs", self.inflight.count, len(self._channels()),
+                            drain_seconds)
         if self.models is not None:
             self.models.close()
         log.info("stopped")
 
     def _listeners(self):
-        server_map = getattr(self.server, "_map", None) or getattr(self.server, "map", {})
-        return [d for d in list(server_map.values()) if isinstance(d, BaseWSGIServer)]
+        return _listeners_of(self.server)
+
+    def _channels(self):
+        return [d for d in list(_server_map(self.server).values()) if isinstance(d, HTTPChannel)]
+
+    def _in_loop(self, work, timeout: float = 5.0):
+        """Run `work` in waitress's loop thread (asyncore's sockets are its own); its result,
+        or None if the loop did not run it in time."""
+        if self._server_thread is None or not self._server_thread.is_alive():
+            return work()  # no loop (never started, or gone): nothing races us
+        done, result = threading.Event(), []
+
+        def run():
+            try:
+                result.append(work())
+            finally:
+                done.set()
+
+        self._trigger.pull_trigger(run)
+        return result[0] if done.wait(timeout) and result else None
 
     def _close_listeners(self) -> None:
-        listeners = self._listeners()
-        if not listeners:
-            return
-        done = threading.Event()
-
         def close_in_loop():
-            for listener in listeners:
+            for listener in self._listeners():
                 listener.accepting = False
+                # connections the kernel already completed get served, not reset
+                taken = wire.accept_backlog(listener, listener.adj.backlog)
+                if taken:
+                    log.info("stopping: took %d connection(s) waiting in the backlog", taken)
                 listener.del_channel()
                 listener.socket.close()
-            done.set()
+            # after the listener is gone: a client told `Connection: close` that reconnects
+            # is refused, never left in a backlog about to be reset
+            self.wire.begin_stop()
 
-        # asyncore's map belongs to the loop thread: ask it to close the sockets itself.
-        listeners[0].trigger.pull_trigger(close_in_loop)
-        done.wait(timeout=5.0)
+        self._in_loop(close_in_loop)
 
     def _drained(self) -> bool:
-        if self.inflight.count:
-            return False
-        server_map = getattr(self.server, "_map", None) or getattr(self.server, "map", {})
-        # A finished request may still have bytes queued for the socket.
-        return all(
-            not getattr(ch, "requests", None) and not getattr(ch, "total_outbufs_len", 0)
-            for ch in list(server_map.values())
-        )
-
-    @staticmethod
-    def _first_listener(server_map):
-        return next(d for d in server_map.values() if isinstance(d, BaseWSGIServer))
+        """Every request answered and flushed, every connection closed (idle ones by the
+        sweep, busy ones by their own `Connection: close` answer)."""
+        remaining = self._in_loop(lambda: wire.sweep(self._channels(), self.wire))
+        return remaining == 0 and not self.inflight.count
 
     def _start_watchdog(self) -> None:
         watchdog_sec = watchdog_seconds()
@@ -362,6 +419,15 @@ class Daemon:
     def _self_url(self, path: str) -> str:
         host = client_host(str(getattr(self.server, "effective_host", "127.0.0.1")))
         return f"http://{host}:{self.server.effective_port}{path}"
+
+
+def _server_map(server) -> dict:
+    """asyncore's map of a server: one listener's, or a MultiSocketServer's (several)."""
+    return getattr(server, "_map", None) or getattr(server, "map", {})
+
+
+def _listeners_of(server) -> list:
+    return [d for d in list(_server_map(server).values()) if isinstance(d, BaseWSGIServer)]
 
 
 def _set_torch_threads(configured: Optional[int]) -> None:

@@ -2,7 +2,8 @@
 
 * Arrival: each request is stamped (time.monotonic()) when waitress reads its first bytes
   and the stamp reaches the app as environ["tsfmd.arrived"], so a forecast's deadline counts
-  the time it waited for a request thread (`ArrivalChannel`).
+  the time it waited for a request thread (`ArrivalParser`, `ArrivalTask`; tsfmd/wire.py's
+  channel uses both).
 * Lanes: waitress hands requests to its threads first come, first served. `LanedDispatcher`
   lets every request that cannot block (anything but a POST: /healthz, /readyz, /v1/*) go
   before the POSTs waiting for a thread, so health checks never queue behind a burst.
@@ -18,9 +19,7 @@ import logging
 import resource
 import time
 
-from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
-from waitress.server import BaseWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 log = logging.getLogger("tsfmd.server")
@@ -33,30 +32,18 @@ _SPARE_FDS = 256
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
-class _ArrivalParser(HTTPRequestParser):
+class ArrivalParser(HTTPRequestParser):
     def __init__(self, adj):
         super().__init__(adj)
         # waitress makes one parser per request, when that request's first bytes are read
         self.arrived = time.monotonic()
 
 
-class _ArrivalTask(WSGITask):
+class ArrivalTask(WSGITask):
     def get_environment(self):
         environ = super().get_environment()
         environ[ARRIVED] = getattr(self.request, "arrived", None)
         return environ
-
-
-class ArrivalChannel(HTTPChannel):
-    parser_class = _ArrivalParser
-    task_class = _ArrivalTask
-
-
-def use_arrival_channels(server_map) -> None:
-    """Make every listener in waitress's socket map open ArrivalChannels (before it runs)."""
-    for dispatcher in list(server_map.values()):
-        if isinstance(dispatcher, BaseWSGIServer):
-            dispatcher.channel_class = ArrivalChannel
 
 
 class _NonBlocking:
