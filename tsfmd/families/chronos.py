@@ -29,7 +29,7 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.checkpoint import FROM_PRETRAINED_LOCK, open_checkpoint, torch_dtype
+from tsfmd.families.checkpoint import LIBRARY_LOCK, open_checkpoint, torch_dtype
 
 #: the pipelines accept any history; they scale by its mean and spread
 MIN_CONTEXT = 1
@@ -65,7 +65,8 @@ class _ChronosFamily(Family):
     @classmethod
     def load(cls, spec: LoadSpec) -> "_ChronosFamily":
         try:
-            from chronos import BaseChronosPipeline
+            with LIBRARY_LOCK:
+                from chronos import BaseChronosPipeline
         except ImportError as exc:
             raise ModelLoadError(
                 f"family {cls.name} needs the chronos-forecasting package: "
@@ -86,7 +87,7 @@ class _ChronosFamily(Family):
             )
         dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16"), cls.auto_cuda_dtype)
         try:
-            with FROM_PRETRAINED_LOCK:
+            with LIBRARY_LOCK:
                 pipeline = BaseChronosPipeline.from_pretrained(
                     str(directory), device_map=spec.device, dtype=dtype
                 )

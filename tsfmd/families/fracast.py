@@ -16,6 +16,7 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
+from tsfmd.families.checkpoint import LIBRARY_LOCK
 from tsfmd.sources import resolve_model_dir
 
 #: fracast refuses series with fewer finite points than this
@@ -35,7 +36,8 @@ class FracastFamily(Family):
     @classmethod
     def load(cls, spec: LoadSpec) -> "FracastFamily":
         try:
-            from fracast import FracastModel
+            with LIBRARY_LOCK:
+                from fracast import FracastModel
         except ImportError as exc:
             raise ModelLoadError("the fracast package is not installed (pip install fracast)") from exc
         weights = str(spec.options.get("weights", "fp32"))
@@ -49,7 +51,8 @@ class FracastFamily(Family):
             required = ("config.json", _WEIGHT_FILES[weights])
             source = str(resolve_model_dir(spec.source, spec.cache_dir, required=required))
         try:
-            model = FracastModel.from_pretrained(source, weights=weights, device=spec.device)
+            with LIBRARY_LOCK:
+                model = FracastModel.from_pretrained(source, weights=weights, device=spec.device)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             where = "the bundled weights" if source is None else Path(source)
             raise ModelLoadError(f"cannot load fracast from {where}: {exc}") from exc

@@ -25,7 +25,7 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.checkpoint import FROM_PRETRAINED_LOCK, open_checkpoint, torch_dtype
+from tsfmd.families.checkpoint import LIBRARY_LOCK, open_checkpoint, torch_dtype
 
 #: the model masks padding and scales by the history, so one point is enough
 MIN_CONTEXT = 1
@@ -51,7 +51,8 @@ class TimesFm25Family(Family):
     @classmethod
     def load(cls, spec: LoadSpec) -> "TimesFm25Family":
         try:
-            from transformers import TimesFm2_5ModelForPrediction
+            with LIBRARY_LOCK:  # transformers resolves this name lazily: not thread-safe
+                from transformers import TimesFm2_5ModelForPrediction
         except ImportError as exc:
             raise ModelLoadError(
                 "family timesfm-2.5 needs transformers with TimesFM 2.5 (5.x or newer): "
@@ -66,7 +67,7 @@ class TimesFm25Family(Family):
             )
         dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16", "float16"))
         try:
-            with FROM_PRETRAINED_LOCK:
+            with LIBRARY_LOCK:
                 model = TimesFm2_5ModelForPrediction.from_pretrained(str(directory), dtype=dtype)
             model = model.to(spec.device).eval()
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
