@@ -203,25 +203,26 @@ def test_a_longer_horizon_in_the_same_group_keeps_the_first_steps(families):
     """The dynamic batcher runs a batch at its longest horizon and cuts each answer."""
     values = [SeriesInput(values=series(80, seed=2))]
     bolt = families["chronos-bolt"]
-    assert not hasattr(bolt, "horizon_group")  # any horizon may share a batch
+    assert bolt.capabilities().batch_group(5) == bolt.capabilities().batch_group(70) is None
     np.testing.assert_allclose(
         bolt.forecast(values, 70).quantiles[0, :5], bolt.forecast(values, 5).quantiles[0],
         rtol=1e-5, atol=1e-5,
     )
     c2 = families["chronos-2"]
+    group = c2.capabilities().batch_group
     for short, long_ in ((5, 16), (20, 32), (33, 48)):
-        assert c2.horizon_group(short) == c2.horizon_group(long_) == math.ceil(long_ / 16)
+        assert group(short) == group(long_) == math.ceil(long_ / 16)
         np.testing.assert_allclose(
             c2.forecast(values, long_).quantiles[0, :short],
             c2.forecast(values, short).quantiles[0],
             rtol=1e-5, atol=1e-5,
         )
-    assert c2.horizon_group(16) != c2.horizon_group(17)
+    assert group(16) != group(17)
 
 
 def test_concurrent_requests_batched_over_http_answer_as_alone(server, families):
     """Mixed horizons and covariate shapes through the dynamic batcher: every answer is
-    the one its series gets alone (schema groups and horizon_group at work)."""
+    the one its series gets alone (schema groups and horizon_block at work)."""
     rng = np.random.default_rng(21)
     requests_ = []
     for i, h in enumerate((5, 12, 16, 20, 40, 12, 33, 7)):

@@ -20,7 +20,6 @@ refused with a sentence. Both answer native quantiles and use the median as `out
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Dict, List, Sequence, Tuple
 
@@ -110,7 +109,14 @@ class _ChronosFamily(Family):
             quantile_levels=tuple(float(q) for q in pipeline.quantiles),
             past_covariates=cls.covariates,
             future_covariates=cls.covariates,
+            affine_equivariant=True,
+            horizon_block=cls._horizon_block(pipeline),
         )
+
+    @classmethod
+    def _horizon_block(cls, pipeline) -> int:
+        """Capabilities.horizon_block: 0, any horizons may share a forward pass."""
+        return 0
 
     def capabilities(self) -> Capabilities:
         return self._caps
@@ -147,14 +153,15 @@ class Chronos2Family(_ChronosFamily):
 
     covariates = True
 
-    def horizon_group(self, horizon: int) -> int:
+    @classmethod
+    def _horizon_block(cls, pipeline) -> int:
         """Requests may share a batch only with the same count of output patches.
 
         Chronos-2 decodes all output patches of a step together and they attend to each
         other, so the first h steps change when more patches are asked for; the patches of
         every step follow from ceil(horizon / output_patch_size).
         """
-        return math.ceil(int(horizon) / self._pipeline.model_output_patch_size)
+        return int(pipeline.model_output_patch_size)
 
     def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
         horizon = int(horizon)

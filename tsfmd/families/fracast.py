@@ -4,7 +4,9 @@ It is tsfmd's embedded default (`source: bundled`), so a machine with no network
 serves real forecasts. The package gives 9 quantiles (0.1 .. 0.9), a native 48-step block
 that it extends by feeding its median back, and treats NaN as "not observed"; tsfmd uses
 that to batch series of different lengths: shorter ones are left-padded with NaN, which
-gives exactly the numbers of the series alone.
+gives exactly the numbers of the series alone. It normalises each series by its minimum
+and span (with a floor of 1e-5 on the span), so it is declared affine-equivariant: tsfmd
+scales each series in float64 first, and the floor never bites.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class FracastFamily(Family):
             horizon_limit=resolve_limit(spec.horizon_limit, MAX_HORIZON),
             min_context=MIN_CONTEXT,
             quantile_levels=tuple(model.quantiles),
+            affine_equivariant=True,
         )
         return cls(model, caps)
 
