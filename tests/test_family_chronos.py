@@ -151,6 +151,23 @@ def test_chronos2_checks_covariate_lengths(server):
     r = server.post("/c2-t", {"input": values, "next_len": h, "past_dynamic_real": too_long})
     assert r.status_code == 400, r.text
     assert "past_dynamic_real" in r.json()["error"]
+    # numbers as strings were silently converted once; true/false never count as numbers
+    for wrong in (["1.5"] * n, [True] * n):
+        r = server.post("/c2-t", {"input": values, "next_len": h, "past_dynamic_real": [wrong]})
+        assert r.status_code == 400, r.text
+        assert "'past_dynamic_real'[0] must contain only numbers" in r.json()["error"]
+
+
+def test_chronos2_covariates_beyond_float32_are_scaled_not_infinite(server):
+    """Each covariate is scaled in float64 on its own, as Chronos-2 normalises each."""
+    n, h = 60, 8
+    values = series(n).tolist()
+    covariate = np.sin(np.arange(n) / 4.0)
+    plain = forecast_ok(server, "/c2-t", {"input": values, "next_len": h,
+                                          "past_dynamic_real": [covariate.tolist()]})
+    huge = forecast_ok(server, "/c2-t", {"input": values, "next_len": h,
+                                         "past_dynamic_real": [(covariate * 1e300).tolist()]})
+    np.testing.assert_allclose(huge["output"], plain["output"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("field,extra", [("past_dynamic_real", 0), ("dynamic_real", 6)])

@@ -192,7 +192,7 @@ def success_reply(
     h = request.horizon
     reply: dict = {"status": "success"}
     if forecast.quantiles is not None and caps.intervals:
-        native = request_units(request, forecast.quantiles[row, :h])
+        native = _request_units(request, forecast.quantiles[row, :h])
         if request.conf is not None:
             median, lower, upper = median_and_band(caps.quantile_levels, native, request.conf)
             reply["output"] = _floats(request, median)
@@ -201,13 +201,13 @@ def success_reply(
         else:
             reply["output"] = _floats(request, quantile_at(caps.quantile_levels, native, 0.5))
     else:
-        reply["output"] = _floats(request, request_units(request, forecast.point[row, :h]))
+        reply["output"] = _floats(request, _request_units(request, forecast.point[row, :h]))
     if request.notes:
         reply["notes"] = list(request.notes)
     return reply
 
 
-def request_units(request: ForecastRequest, values: np.ndarray) -> np.ndarray:
+def _request_units(request: ForecastRequest, values: np.ndarray) -> np.ndarray:
     """A model's answer for `request` in the request's own units (float64)."""
     values = np.asarray(values, dtype=np.float64)
     if not np.isfinite(values).all():
