@@ -64,8 +64,8 @@ class SlowNaiveFamily(Family):
 class HorizonGroupedFamily(SlowNaiveFamily):
     """Says that requests with different horizons must not share a forward pass."""
 
-    def horizon_group(self, horizon: int):
-        return horizon
+    def capabilities(self) -> Capabilities:
+        return Capabilities(context_limit=512, horizon_limit=64, min_context=1, horizon_block=1)
 
 
 @pytest.fixture

@@ -151,6 +151,23 @@ def test_chronos2_checks_covariate_lengths(server):
     r = server.post("/c2-t", {"input": values, "next_len": h, "past_dynamic_real": too_long})
     assert r.status_code == 400, r.text
     assert "past_dynamic_real" in r.json()["error"]
+    # numbers as strings were silently converted once; true/false never count as numbers
+    for wrong in (["1.5"] * n, [True] * n):
+        r = server.post("/c2-t", {"input": values, "next_len": h, "past_dynamic_real": [wrong]})
+        assert r.status_code == 400, r.text
+        assert "'past_dynamic_real'[0] must contain only numbers" in r.json()["error"]
+
+
+def test_chronos2_covariates_beyond_float32_are_scaled_not_infinite(server):
+    """Each covariate is scaled in float64 on its own, as Chronos-2 normalises each."""
+    n, h = 60, 8
+    values = series(n).tolist()
+    covariate = np.sin(np.arange(n) / 4.0)
+    plain = forecast_ok(server, "/c2-t", {"input": values, "next_len": h,
+                                          "past_dynamic_real": [covariate.tolist()]})
+    huge = forecast_ok(server, "/c2-t", {"input": values, "next_len": h,
+                                         "past_dynamic_real": [(covariate * 1e300).tolist()]})
+    np.testing.assert_allclose(huge["output"], plain["output"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("field,extra", [("past_dynamic_real", 0), ("dynamic_real", 6)])
@@ -203,25 +220,26 @@ def test_a_longer_horizon_in_the_same_group_keeps_the_first_steps(families):
     """The dynamic batcher runs a batch at its longest horizon and cuts each answer."""
     values = [SeriesInput(values=series(80, seed=2))]
     bolt = families["chronos-bolt"]
-    assert not hasattr(bolt, "horizon_group")  # any horizon may share a batch
+    assert bolt.capabilities().batch_group(5) == bolt.capabilities().batch_group(70) is None
     np.testing.assert_allclose(
         bolt.forecast(values, 70).quantiles[0, :5], bolt.forecast(values, 5).quantiles[0],
         rtol=1e-5, atol=1e-5,
     )
     c2 = families["chronos-2"]
+    group = c2.capabilities().batch_group
     for short, long_ in ((5, 16), (20, 32), (33, 48)):
-        assert c2.horizon_group(short) == c2.horizon_group(long_) == math.ceil(long_ / 16)
+        assert group(short) == group(long_) == math.ceil(long_ / 16)
         np.testing.assert_allclose(
             c2.forecast(values, long_).quantiles[0, :short],
             c2.forecast(values, short).quantiles[0],
             rtol=1e-5, atol=1e-5,
         )
-    assert c2.horizon_group(16) != c2.horizon_group(17)
+    assert group(16) != group(17)
 
 
 def test_concurrent_requests_batched_over_http_answer_as_alone(server, families):
     """Mixed horizons and covariate shapes through the dynamic batcher: every answer is
-    the one its series gets alone (schema groups and horizon_group at work)."""
+    the one its series gets alone (schema groups and horizon_block at work)."""
     rng = np.random.default_rng(21)
     requests_ = []
     for i, h in enumerate((5, 12, 16, 20, 40, 12, 33, 7)):

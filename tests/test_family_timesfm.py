@@ -165,7 +165,7 @@ def test_one_block_equals_the_library_forward_pass(model, checkpoints):
 
 def test_a_longer_horizon_keeps_the_first_steps(model):
     """The dynamic batcher runs a batch at its longest horizon and cuts each answer."""
-    assert not hasattr(model, "horizon_group")
+    assert model.capabilities().horizon_block == 0
     values = [SeriesInput(values=series(120, seed=1))]
     np.testing.assert_allclose(
         model.forecast(values, 90).quantiles[0, :10], model.forecast(values, 10).quantiles[0],

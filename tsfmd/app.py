@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from tsfmd import errors
 from tsfmd.admission import Admission
-from tsfmd.protocol import parse_request, success_reply
+from tsfmd.protocol import decode_body, parse_request, success_reply
 from tsfmd.runtime import READY, Models
 from tsfmd.waitress_hooks import ARRIVED
 from tsfmd.wire import too_large_message
@@ -192,13 +192,9 @@ def _refuse_encoded_body() -> None:
 
 
 def _json_body():
-    raw = request.get_data(cache=False)  # raises RequestEntityTooLarge past the limit
-    if not raw:
-        raise errors.BadInput("the body is empty: send a JSON object with 'input' and 'next_len'")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.BadInput(f"the body is not valid JSON: {exc}") from exc
+    # get_data raises RequestEntityTooLarge past the limit; decode_body answers every
+    # other problem (deep nesting, numbers beyond float64) as BadInput
+    return decode_body(request.get_data(cache=False))
 
 
 def _state(handle) -> str:

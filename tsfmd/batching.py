@@ -178,7 +178,7 @@ class BatchingExecutor:
         self._beat = time.monotonic()  # the worker's heartbeat
         self._batch_started: Optional[float] = None
         self._expect_company = False  # were requests concurrent lately? then gather
-        self._group = getattr(model, "horizon_group", None)
+        self._group = model.capabilities().batch_group  # declared: Capabilities.horizon_block
         self._worker = threading.Thread(target=self._work, name=f"batch-{key}", daemon=True)
         self._worker.start()
 

@@ -3,26 +3,80 @@
 Body (POST JSON): `input` (numbers, oldest first), `next_len` (int > 0), and optionally
 `ts`, `conf_interval`, `past_dynamic_real`, `dynamic_real`. Fields TDgpt may add later are
 ignored. Every problem becomes a `BadInput` whose message says what is wrong; the
-daemon answers it as a 4xx JSON body and keeps serving.
+daemon answers it as a 4xx JSON body and keeps serving. A SQL user never sees the JSON
+names: TDgpt's FORECAST option `rows` becomes `next_len` and `conf` (a percentage) becomes
+`conf_interval`, so messages name both, e.g. "rows (next_len) is 5000".
+
+Numbers stay float64 until the model: for a model that normalises each series itself
+(Capabilities.affine_equivariant) the series is scaled and shifted in float64 first and
+the forecast mapped back (tsfmd/scaling.py), so magnitudes float32 cannot hold (1e39, a
+counter at 1.7e9 with a small swing, a sine times 1e-12) forecast like any other series.
+A number beyond float64 itself (1e309, an integer of 400 digits) is refused when the body
+is decoded; a forecast that would leave float64's range is refused after the model ran,
+and a model answer that is not finite is a ModelFault.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 import numpy as np
 
-from tsfmd.errors import BadInput
+from tsfmd.errors import BadInput, ModelFault
 from tsfmd.families.base import Capabilities, Forecast, SeriesInput
 from tsfmd.intervals import median_and_band, quantile_at
+from tsfmd.scaling import FLOAT32_MAX, SeriesScale, flattening_outliers
 
 #: at most this share of `input` may be missing (null/NaN) and still be filled
 MAX_MISSING_SHARE = 0.1
 
 
+#: integer literals longer than this are read as floats: no exact int is needed past it,
+#: and Python refuses int() of more than 4300 digits
+_EXACT_INT_DIGITS = 18
+#: the SQL words (TDgpt's FORECAST options) for the JSON fields a SQL user may get wrong
+ROWS = "rows (next_len)"
+CONF = "conf (conf_interval)"
+
+
 def bad(message: str) -> BadInput:
     return BadInput(message)
+
+
+def decode_body(raw: bytes) -> Any:
+    """The JSON body, or a BadInput saying why it cannot be read (never another error)."""
+    if not raw:
+        raise bad("the body is empty: send a JSON object with 'input' and 'next_len'")
+    try:
+        return json.loads(raw, parse_float=_float_literal, parse_int=_int_literal)
+    except RecursionError:
+        raise bad(
+            "the body nests JSON arrays or objects too deeply to read: 'input' is a flat "
+            "list of numbers"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"the body is not valid JSON: {exc}") from exc
+
+
+def _float_literal(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise bad(
+            f"the body holds the number {_clip(text)}, beyond the range of a 64-bit float "
+            "(largest about 1.8e308)"
+        )
+    return value
+
+
+def _int_literal(text: str):
+    digits = len(text.lstrip("-"))
+    return int(text) if digits <= _EXACT_INT_DIGITS else _float_literal(text)
+
+
+def _clip(text: str, limit: int = 24) -> str:
+    return text if len(text) <= limit else f"{text[:12]}...({len(text)} characters)"
 
 
 @dataclass
@@ -33,6 +87,9 @@ class ForecastRequest:
     horizon: int
     conf: Optional[float] = None
     notes: List[str] = field(default_factory=list)
+    model: str = "the model"
+    #: how `series` was scaled for the model (None: it is in the request's own units)
+    scale: Optional[SeriesScale] = None
 
 
 def parse_request(body: Any, caps: Capabilities, model: str) -> ForecastRequest:
@@ -42,7 +99,7 @@ def parse_request(body: Any, caps: Capabilities, model: str) -> ForecastRequest:
     if "input" not in body:
         raise bad("missing field 'input': the history to forecast from, a list of numbers")
     if "next_len" not in body:
-        raise bad("missing field 'next_len': how many future points to forecast")
+        raise bad(f"missing field 'next_len': {ROWS}, how many future points to forecast")
     horizon = _horizon(body["next_len"], caps, model)
     notes: List[str] = []
     values = _series(body["input"], notes)
@@ -57,43 +114,124 @@ def parse_request(body: Any, caps: Capabilities, model: str) -> ForecastRequest:
     future = _covariates(
         body, "dynamic_real", len(body["input"]) + horizon, caps.future_covariates, model
     )
-    if values.size > caps.context_limit:
-        dropped = values.size - caps.context_limit
-        notes.append(
-            f"input has {values.size} points; kept the most recent {caps.context_limit} "
-            f"(the context limit of {model})"
-        )
+    keep, why = _context_kept(caps, horizon, model)
+    if values.size > keep:
+        dropped = values.size - keep
+        notes.append(f"input has {values.size} points; kept the most recent {keep} ({why})")
         values = values[dropped:]
         past = past[:, dropped:] if past is not None else None
         future = future[:, dropped:] if future is not None else None
     series = SeriesInput(values=values, past_covariates=past, future_covariates=future)
-    return ForecastRequest(series=series, horizon=horizon, conf=conf, notes=notes)
+    scale = None
+    if caps.affine_equivariant:
+        series, scale = _scaled(series, notes)
+    else:
+        _check_float32(series, model)
+    return ForecastRequest(series=series, horizon=horizon, conf=conf, notes=notes,
+                           model=model, scale=scale)
+
+
+def _context_kept(caps: Capabilities, horizon: int, model: str):
+    """How many recent points the model reads for this horizon, and why that many."""
+    keep, why = caps.context_limit, f"the context limit of {model}"
+    if caps.position_limit is not None and caps.position_limit - horizon < keep:
+        keep = max(1, caps.position_limit - horizon)
+        why = (f"model {model} reads at most {caps.position_limit} positions: the context "
+               f"plus {ROWS} {horizon}")
+    return keep, why
+
+
+def _scaled(series: SeriesInput, notes: List[str]):
+    """The series (and each covariate) scaled in float64 for the model, and the map back."""
+    scale = SeriesScale.of(series.values)
+    values = scale.apply(series.values)
+    outliers = flattening_outliers(values)
+    if outliers.size:
+        more = "" if outliers.size <= 10 else f" and {outliers.size - 10} more"
+        notes.append(
+            f"the values at positions {outliers[:10].tolist()}{more} lie so far from the rest "
+            "that the model, computing in float32, sees the other points as flat"
+        )
+    return SeriesInput(
+        values=values,
+        past_covariates=_scaled_rows(series.past_covariates),
+        future_covariates=_scaled_rows(series.future_covariates),
+        zero=scale.zero(),
+    ), scale
+
+
+def _scaled_rows(rows: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """Each covariate on its own scale: the models normalise every covariate separately."""
+    if rows is None:
+        return None
+    return np.stack([SeriesScale.of(row).apply(row) for row in rows])
+
+
+def _check_float32(series: SeriesInput, model: str) -> None:
+    """A model that reads its input as given gets only what float32 can hold."""
+    parts = [("input", series.values), ("past_dynamic_real", series.past_covariates),
+             ("dynamic_real", series.future_covariates)]
+    for name, values in parts:
+        if values is None:
+            continue
+        too_large = np.flatnonzero(np.abs(values).ravel() > FLOAT32_MAX)
+        if too_large.size:
+            raise bad(
+                f"'{name}' holds values beyond what model {model} can read (32-bit floats, "
+                f"largest about 3.4e38), e.g. {values.ravel()[too_large[0]]:g}: rescale it"
+            )
 
 
 def success_reply(
     request: ForecastRequest, forecast: Forecast, row: int, caps: Capabilities
 ) -> dict:
-    """The 200 body for one series of a (possibly batched) forecast."""
+    """The 200 body for one series of a (possibly batched) forecast.
+
+    A model answer that is not finite is a ModelFault; a forecast that is finite for the
+    model but leaves float64's range once scaled back is refused as BadInput."""
     h = request.horizon
     reply: dict = {"status": "success"}
     if forecast.quantiles is not None and caps.intervals:
-        native = forecast.quantiles[row, :h]
+        native = _request_units(request, forecast.quantiles[row, :h])
         if request.conf is not None:
             median, lower, upper = median_and_band(caps.quantile_levels, native, request.conf)
-            reply["output"] = _floats(median)
-            reply["lower"] = _floats(lower)
-            reply["upper"] = _floats(upper)
+            reply["output"] = _floats(request, median)
+            reply["lower"] = _floats(request, lower)
+            reply["upper"] = _floats(request, upper)
         else:
-            reply["output"] = _floats(quantile_at(caps.quantile_levels, native, 0.5))
+            reply["output"] = _floats(request, quantile_at(caps.quantile_levels, native, 0.5))
     else:
-        reply["output"] = _floats(forecast.point[row, :h])
+        reply["output"] = _floats(request, _request_units(request, forecast.point[row, :h]))
     if request.notes:
         reply["notes"] = list(request.notes)
     return reply
 
 
-def _floats(values: np.ndarray) -> list:
-    return [float(v) for v in np.asarray(values, dtype=np.float64)]
+def _request_units(request: ForecastRequest, values: np.ndarray) -> np.ndarray:
+    """A model's answer for `request` in the request's own units (float64)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ModelFault(
+            f"model {request.model} produced non-finite values (NaN or infinity) for this "
+            "series; no forecast can be given (the model, not the request, is at fault)"
+        )
+    if request.scale is None:
+        return values
+    return _finite(request, request.scale.undo(values))
+
+
+def _finite(request: ForecastRequest, values: np.ndarray) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise bad(
+            f"the forecast of model {request.model} for this series goes beyond the range of "
+            "a 64-bit float (about 1.8e308): send the series in smaller units"
+        )
+    return values
+
+
+def _floats(request: ForecastRequest, values: np.ndarray) -> list:
+    """JSON numbers; an interval's tail may still overflow where its quantiles did not."""
+    return [float(v) for v in _finite(request, np.asarray(values, dtype=np.float64))]
 
 
 def _json_type(value: Any) -> str:
@@ -106,17 +244,28 @@ def _json_type(value: Any) -> str:
     return "a number" if isinstance(value, (int, float)) else type(value).__name__
 
 
+def _shown(value: Any) -> str:
+    """A short view of a wrong value (containers by kind only: they may be huge or deep)."""
+    if isinstance(value, str):
+        return f"{_json_type(value)} ({value[:40]!r})"
+    return _json_type(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _horizon(value: Any, caps: Capabilities, model: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad(f"'next_len' must be a positive integer, got {_json_type(value)}")
+    if not _is_number(value):
+        raise bad(f"{ROWS} must be a positive integer, got {_shown(value)}")
     if isinstance(value, float) and not value.is_integer():
-        raise bad(f"'next_len' must be a positive integer, got {value}")
+        raise bad(f"{ROWS} must be a positive integer, got {value}")
     horizon = int(value)
     if horizon <= 0:
-        raise bad(f"'next_len' must be a positive integer, got {horizon}")
+        raise bad(f"{ROWS} must be a positive integer, got {horizon}")
     if horizon > caps.horizon_limit:
         raise bad(
-            f"'next_len' is {horizon}; model {model} forecasts at most {caps.horizon_limit} points"
+            f"{ROWS} is {horizon}; model {model} forecasts at most {caps.horizon_limit} points"
         )
     return horizon
 
@@ -124,15 +273,15 @@ def _horizon(value: Any, caps: Capabilities, model: str) -> int:
 def _series(raw: Any, notes: List[str]) -> np.ndarray:
     """The history as float64; short gaps of null/NaN are filled, anything else refused."""
     if not isinstance(raw, list):
-        raise bad(f"'input' must be a list of numbers, got {_json_type(raw)}")
+        raise bad(f"'input' must be a list of numbers, got {_shown(raw)}")
     if not raw:
         raise bad("'input' is empty: send the history to forecast from")
     values = np.empty(len(raw), dtype=np.float64)
     for i, item in enumerate(raw):
         if item is None:
             values[i] = np.nan
-        elif isinstance(item, bool) or not isinstance(item, (int, float)):
-            raise bad(f"'input'[{i}] must be a number, got {_json_type(item)} ({item!r:.40})")
+        elif not _is_number(item):
+            raise bad(f"'input'[{i}] must be a number, got {_shown(item)}")
         else:
             values[i] = float(item)
     if np.isinf(values).any():
@@ -162,9 +311,7 @@ def _check_ts(ts: Any, length: int) -> None:
     """`ts` is informational (newer TDgpt sends it); only check it is well formed."""
     if ts is None or ts == []:
         return
-    if not isinstance(ts, list) or any(
-        isinstance(t, bool) or not isinstance(t, (int, float)) for t in ts
-    ):
+    if not isinstance(ts, list) or not all(_is_number(t) for t in ts):
         raise bad("'ts' must be a list of timestamps (integers)")
     if len(ts) != length:
         raise bad(f"'ts' has {len(ts)} timestamps but 'input' has {length} values")
@@ -173,10 +320,13 @@ def _check_ts(ts: Any, length: int) -> None:
 def _conf(value: Any) -> Optional[float]:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad(f"'conf_interval' must be a number between 0 and 1, got {_json_type(value)}")
+    if not _is_number(value) or not math.isfinite(value):
+        raise bad(f"{CONF} must be a number between 0 and 1, got {_shown(value)}")
     if not 0.0 < value < 1.0:
-        raise bad(f"'conf_interval' must be between 0 and 1 (exclusive), e.g. 0.95, got {value}")
+        raise bad(
+            f"{CONF} must be between 0 and 1 (exclusive), e.g. 0.95 (conf=95 in SQL), "
+            f"got {value}"
+        )
     return float(value)
 
 
@@ -193,14 +343,13 @@ def _covariates(body: dict, name: str, length: int, supported: bool, model: str)
     for k, row in enumerate(raw):
         if len(row) != length:
             expected = "as long as 'input'" if name == "past_dynamic_real" else (
-                "as long as 'input' plus 'next_len'"
+                f"as long as 'input' plus {ROWS}"
             )
             raise bad(f"'{name}'[{k}] has {len(row)} values; it must be {expected} ({length})")
-        try:
-            values = np.asarray(row, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise bad(f"'{name}'[{k}] must contain only numbers") from None
-        if any(isinstance(v, bool) for v in row) or not np.isfinite(values).all():
+        if not all(_is_number(v) for v in row):
+            raise bad(f"'{name}'[{k}] must contain only numbers")
+        values = np.asarray(row, dtype=np.float64)
+        if not np.isfinite(values).all():
             raise bad(f"'{name}'[{k}] must contain only finite numbers")
         rows.append(values)
     return np.stack(rows)

@@ -9,6 +9,7 @@ import importlib
 from typing import Dict, Type
 
 from tsfmd.families.base import Family
+from tsfmd.families.checkpoint import LIBRARY_LOCK
 
 _FAMILIES: Dict[str, str] = {
     "fracast": "tsfmd.families.fracast:FracastFamily",
@@ -29,6 +30,10 @@ def family_names() -> list:
 
 
 def get_family(name: str) -> Type[Family]:
-    """Import and return the class for `name` (KeyError for an unknown family)."""
+    """Import and return the class for `name` (KeyError for an unknown family).
+
+    Models load in parallel threads; the import holds LIBRARY_LOCK so that a second
+    thread never sees a half-imported family module or library."""
     module_name, _, class_name = _FAMILIES[name].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    with LIBRARY_LOCK:
+        return getattr(importlib.import_module(module_name), class_name)

@@ -11,8 +11,9 @@ name it in `tsfmd/families/__init__.py`. `tsfmd/families/fracast.py` is the shor
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Hashable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -52,10 +53,29 @@ class Capabilities:
     past_covariates: bool = False  # accepts past-only covariates (past_dynamic_real)
     future_covariates: bool = False  # accepts known-future covariates (dynamic_real)
     point_forecast: str = "median"  # "median" or "mean": what `output` is for this model
+    #: the model normalises each series (and each covariate) by its own location and
+    #: spread, so f(a*x + b) = a*f(x) + b: tsfmd then scales and shifts every series in
+    #: float64 before the model's float32 sees it, and maps the forecast back
+    #: (tsfmd/scaling.py). False: the family gets the values as sent, within float32.
+    affine_equivariant: bool = False
+    #: context plus horizon must fit this many positions (Time-MoE): each request keeps
+    #: at most position_limit - next_len points, decided for its own horizon; None: no such
+    position_limit: Optional[int] = None
+    #: 0: requests of any horizons may share a forward pass (each answer is cut to its own
+    #: horizon). n > 0: only requests with equal ceil(next_len / n) may, for a model whose
+    #: first steps change with the steps asked for (Chronos-2 decodes output patches of n
+    #: steps that attend to each other; Time-MoE picks its head by the steps left: n = 1).
+    horizon_block: int = 0
 
     @property
     def intervals(self) -> bool:
         return len(self.quantile_levels) > 0
+
+    def batch_group(self, horizon: int) -> Optional[Hashable]:
+        """Requests whose horizons give different groups never share a forward pass."""
+        if self.horizon_block <= 0:
+            return None
+        return math.ceil(int(horizon) / self.horizon_block)
 
 
 @dataclass
@@ -69,6 +89,9 @@ class SeriesInput:
     values: np.ndarray
     past_covariates: Optional[np.ndarray] = None
     future_covariates: Optional[np.ndarray] = None
+    #: where 0 of the request's own units lies in `values` when tsfmd scaled the series
+    #: (Capabilities.affine_equivariant); None: `values` are in the request's own units
+    zero: Optional[float] = None
 
 
 @dataclass
@@ -122,7 +145,8 @@ class Family(abc.ABC):
 
         Series may have different lengths; each is at least `min_context` and at most
         `context_limit` long and finite (tsfmd checks before calling). The answer for a
-        series must not depend on the other series in the batch.
+        series must not depend on the other series in the batch, nor on the batch's
+        horizon beyond what `Capabilities.horizon_block` declares.
         """
 
     def warm_up(self) -> None:

@@ -17,10 +17,14 @@ from tsfmd.sources import resolve_model_dir
 
 #: any one of these is a loadable set of weights in the published layouts
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-#: tsfmd loads models in parallel threads, but transformers' from_pretrained is not safe to
-#: run twice at once (two loads on a 2-core machine failed with "Tensor.item() cannot be
-#: called on meta tensors"): every family that calls from_pretrained holds this lock.
-FROM_PRETRAINED_LOCK = threading.Lock()
+#: tsfmd loads models in parallel threads, but neither a library's first import nor
+#: transformers' from_pretrained is safe to run in two threads at once: two loads failed
+#: with "Tensor.item() cannot be called on meta tensors", and two families importing at
+#: once got half-initialised modules ("cannot import name TimesFm2_5ModelForPrediction",
+#: chronos' "unknown pipeline class"). Every import of a family's module or libraries
+#: (tsfmd.families.get_family, each family's load) and every from_pretrained holds this
+#: one lock; it is re-entrant so a load may import while it holds it.
+LIBRARY_LOCK = threading.RLock()
 #: what a hub download needs: configs and safetensors, never optimizer states or ONNX copies
 HUB_PATTERNS = ("*.json", "*.safetensors")
 

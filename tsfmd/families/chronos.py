@@ -21,7 +21,6 @@ refused with a sentence. Both answer native quantiles and use the median as `out
 from __future__ import annotations
 
 import importlib.util
-import math
 import warnings
 from typing import Dict, List, Sequence, Tuple
 
@@ -30,7 +29,7 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.checkpoint import FROM_PRETRAINED_LOCK, open_checkpoint, torch_dtype
+from tsfmd.families.checkpoint import LIBRARY_LOCK, open_checkpoint, torch_dtype
 
 #: the pipelines accept any history; they scale by its mean and spread
 MIN_CONTEXT = 1
@@ -78,7 +77,8 @@ class _ChronosFamily(Family):
     @classmethod
     def load(cls, spec: LoadSpec) -> "_ChronosFamily":
         try:
-            from chronos import BaseChronosPipeline
+            with LIBRARY_LOCK:
+                from chronos import BaseChronosPipeline
         except ImportError as exc:
             raise ModelLoadError(cls._needs_package()) from exc
         directory, config = open_checkpoint(spec)
@@ -96,7 +96,7 @@ class _ChronosFamily(Family):
             )
         dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16"), cls.auto_cuda_dtype)
         try:
-            with FROM_PRETRAINED_LOCK:
+            with LIBRARY_LOCK:
                 pipeline = BaseChronosPipeline.from_pretrained(
                     str(directory), device_map=spec.device, dtype=dtype
                 )
@@ -119,7 +119,14 @@ class _ChronosFamily(Family):
             quantile_levels=tuple(float(q) for q in pipeline.quantiles),
             past_covariates=cls.covariates,
             future_covariates=cls.covariates,
+            affine_equivariant=True,
+            horizon_block=cls._horizon_block(pipeline),
         )
+
+    @classmethod
+    def _horizon_block(cls, pipeline) -> int:
+        """Capabilities.horizon_block: 0, any horizons may share a forward pass."""
+        return 0
 
     def capabilities(self) -> Capabilities:
         return self._caps
@@ -156,14 +163,15 @@ class Chronos2Family(_ChronosFamily):
 
     covariates = True
 
-    def horizon_group(self, horizon: int) -> int:
+    @classmethod
+    def _horizon_block(cls, pipeline) -> int:
         """Requests may share a batch only with the same count of output patches.
 
         Chronos-2 decodes all output patches of a step together and they attend to each
         other, so the first h steps change when more patches are asked for; the patches of
         every step follow from ceil(horizon / output_patch_size).
         """
-        return math.ceil(int(horizon) / self._pipeline.model_output_patch_size)
+        return int(pipeline.model_output_patch_size)
 
     def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
         horizon = int(horizon)

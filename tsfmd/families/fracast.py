@@ -4,7 +4,9 @@ It is tsfmd's embedded default (`source: bundled`), so a machine with no network
 serves real forecasts. The package gives 9 quantiles (0.1 .. 0.9), a native 48-step block
 that it extends by feeding its median back, and treats NaN as "not observed"; tsfmd uses
 that to batch series of different lengths: shorter ones are left-padded with NaN, which
-gives exactly the numbers of the series alone.
+gives exactly the numbers of the series alone. It normalises each series by its minimum
+and span (with a floor of 1e-5 on the span), so it is declared affine-equivariant: tsfmd
+scales each series in float64 first, and the floor never bites.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
+from tsfmd.families.checkpoint import LIBRARY_LOCK
 from tsfmd.sources import resolve_model_dir
 
 #: fracast refuses series with fewer finite points than this
@@ -45,7 +48,8 @@ class FracastFamily(Family):
     @classmethod
     def load(cls, spec: LoadSpec) -> "FracastFamily":
         try:
-            from fracast import FracastModel
+            with LIBRARY_LOCK:
+                from fracast import FracastModel
         except ImportError as exc:
             raise ModelLoadError(_NOT_INSTALLED) from exc
         weights = str(spec.options.get("weights", "fp32"))
@@ -58,7 +62,8 @@ class FracastFamily(Family):
         else:
             source = str(_weights_dir(spec))
         try:
-            model = FracastModel.from_pretrained(source, weights=weights, device=spec.device)
+            with LIBRARY_LOCK:
+                model = FracastModel.from_pretrained(source, weights=weights, device=spec.device)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             where = "the bundled weights" if source is None else Path(source)
             raise ModelLoadError(f"cannot load fracast from {where}: {exc}") from exc
@@ -67,6 +72,7 @@ class FracastFamily(Family):
             horizon_limit=resolve_limit(spec.horizon_limit, MAX_HORIZON),
             min_context=MIN_CONTEXT,
             quantile_levels=tuple(model.quantiles),
+            affine_equivariant=True,
         )
         return cls(model, caps)
 

@@ -12,8 +12,12 @@ Three things keep one series' answer independent of the rest of the batch:
   masks the padding (its normalisation cancels the zeros transformers pads with);
 * transformers decides "clamp forecasts at zero" from the minimum of the whole batch;
   tsfmd turns that off in the forward pass and applies the rule per series instead
-  (when `infer_is_positive` is set in config.json and that series has no negative value);
+  (when `infer_is_positive` is set in config.json and that series has no negative value,
+  in the request's own units: `SeriesInput.zero` says where 0 lies in a scaled series);
 * every series is decoded the same number of blocks.
+
+The model normalises each series (per-patch statistics), so it is declared
+affine-equivariant: tsfmd scales each series in float64 before it.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.checkpoint import FROM_PRETRAINED_LOCK, open_checkpoint, torch_dtype
+from tsfmd.families.checkpoint import LIBRARY_LOCK, open_checkpoint, torch_dtype
 
 #: the model masks padding and scales by the history, so one point is enough
 MIN_CONTEXT = 1
@@ -56,7 +60,8 @@ class TimesFm25Family(Family):
     @classmethod
     def load(cls, spec: LoadSpec) -> "TimesFm25Family":
         try:
-            from transformers import TimesFm2_5ModelForPrediction
+            with LIBRARY_LOCK:  # transformers resolves this name lazily: not thread-safe
+                from transformers import TimesFm2_5ModelForPrediction
         except ImportError as exc:
             raise ModelLoadError(
                 "family timesfm-2.5 needs transformers with TimesFM 2.5 (5.x or newer): "
@@ -71,7 +76,7 @@ class TimesFm25Family(Family):
             )
         dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16", "float16"))
         try:
-            with FROM_PRETRAINED_LOCK:
+            with LIBRARY_LOCK:
                 model = TimesFm2_5ModelForPrediction.from_pretrained(str(directory), dtype=dtype)
             model = model.to(spec.device).eval()
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
@@ -84,6 +89,7 @@ class TimesFm25Family(Family):
             horizon_limit=resolve_limit(spec.horizon_limit, MAX_HORIZON),
             min_context=MIN_CONTEXT,
             quantile_levels=levels,
+            affine_equivariant=True,
         )
         return cls(model, caps, spec.device)
 
@@ -99,7 +105,10 @@ class TimesFm25Family(Family):
         horizon = int(horizon)
         keep = min(self._caps.context_limit, self._max_window)
         histories = [torch.as_tensor(s.values, dtype=torch.float32)[-keep:] for s in batch]
-        clamp = [self._positive and bool(h.min() >= 0) for h in histories]
+        # 0 of the request's units, in the values the model reads (tsfmd may scale them)
+        zeros = np.array([0.0 if s.zero is None else s.zero for s in batch])
+        clamp = [self._positive and bool(np.min(np.asarray(s.values)[-keep:]) >= zero)
+                 for s, zero in zip(batch, zeros)]
         blocks = []
         done = 0
         while done < horizon:
@@ -112,8 +121,8 @@ class TimesFm25Family(Family):
         point = full[:, :, self._median]
         quantiles = full[:, :, 1:1 + len(self._caps.quantile_levels)]
         rows = np.asarray(clamp)
-        point[rows] = np.maximum(point[rows], 0.0)
-        quantiles[rows] = np.maximum(quantiles[rows], 0.0)
+        point[rows] = np.maximum(point[rows], zeros[rows, None])
+        quantiles[rows] = np.maximum(quantiles[rows], zeros[rows, None, None])
         return Forecast(point=point, quantiles=quantiles)
 
     def _one_block(self, histories):

@@ -5,7 +5,12 @@ normalised by its mean and sample standard deviation, the model generates the no
 continuation, and that is scaled back. A constant series (std 0) is normalised with
 scale 1 and scaled back with 0, so its forecast is the constant, never NaN. Context plus
 horizon must fit the model's position limit (4096 for the released models): longer input
-keeps its most recent points.
+keeps its most recent points, cut for each request's own horizon when it is parsed
+(Capabilities.position_limit), so a batch-mate asking more steps never shortens it. The
+first steps depend on the total horizon (the head is chosen by the steps left), so only
+requests of equal horizons share a generation (Capabilities.horizon_block = 1). The
+normalisation makes the family affine-equivariant: tsfmd scales each series in float64
+before it, so magnitudes float32 cannot hold forecast like any other.
 
 Precision (registry `dtype`): float32, bfloat16 or float16 for the feed-forward products;
 on CPUs attention always runs in float32 (see model.TimeMoe.set_compute_dtype). `auto` is
@@ -22,7 +27,7 @@ import torch
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.timemoe.generate import chunk_plan, generate, plan_groups
+from tsfmd.families.timemoe.generate import generate, plan_groups
 from tsfmd.families.timemoe.weights import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_model
 from tsfmd.sources import resolve_model_dir
 
@@ -101,6 +106,12 @@ class TimeMoeFamily(Family):
             horizon_limit=resolve_limit(spec.horizon_limit, max(1, limit // 2)),
             min_context=1,
             point_forecast="mean",
+            affine_equivariant=True,
+            position_limit=limit,
+            # Horizons made of whole longest-head chunks (64, 128, ...) are prefixes of one
+            # another, but the longer one needs more positions: a long series cut for 64
+            # steps cannot run 128 without losing context. Equal horizons only.
+            horizon_block=1,
         )
         return cls(model, caps)
 
@@ -111,21 +122,11 @@ class TimeMoeFamily(Family):
     def model(self):
         return self._model
 
-    def horizon_group(self, horizon: int):
-        """Which requests may share one generation (tsfmd.batching): the first h values
-        depend on the whole horizon, because the head is chosen by the steps left (h=8
-        uses the 8-step head, h=96 starts with the 64-step one). Horizons made only of
-        full longest-head chunks (64, 128, ...) are prefixes of one another; any other
-        horizon runs with its equals only."""
-        heads = self._model.config.horizon_lengths
-        plan = chunk_plan(heads, int(horizon))
-        if all(chunk == max(heads) for chunk in plan):
-            return ("whole chunks", max(heads))
-        return int(horizon)
-
     def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
         horizon = int(horizon)
-        keep = max(1, self.position_limit - horizon)  # context + horizon <= position limit
+        # context + horizon <= position limit; served requests were cut for their own
+        # horizon already (protocol), this guards direct calls
+        keep = max(1, self.position_limit - horizon)
         normed: List[np.ndarray] = []
         stats = np.zeros((len(batch), 2))
         for i, series in enumerate(batch):

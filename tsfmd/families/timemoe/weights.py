@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
+# at module level, so that tsfmd.families.get_family imports it under its lock
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from tsfmd.families.timemoe.config import TimeMoeConfig
 from tsfmd.families.timemoe.model import TimeMoe
@@ -157,9 +160,6 @@ def load_model(
 ) -> TimeMoe:
     """Build a TimeMoe from an official checkpoint directory, ready for inference.
     `dtype` is the feed-forward's, `attention_dtype` attention's (default: `dtype`)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     cfg = read_config(directory)
     path = directory / WEIGHTS_FILE
@@ -201,7 +201,6 @@ def write_random_checkpoint(
     TimeMoeConfig. The result loads through the same path as released weights:
     a registry entry `family: time-moe, source: <directory>`.
     """
-    from safetensors.torch import save_file
 
     cfg = config if isinstance(config, TimeMoeConfig) else TimeMoeConfig.from_dict(config)
     directory = Path(directory)
