@@ -45,7 +45,7 @@ class RunningTsfmd:
     """A Daemon started in this process on a loopback port; stopped by the fixture."""
 
     def __init__(self, config_path: Path, port: int):
-        from tsfmd.server import Daemon
+        from tsfmd.daemon.server import Daemon
 
         self.config_path = config_path
         self.port = port

@@ -14,7 +14,7 @@ from tsfmd.anode.generate import (
     AdapterError, check_keys, read_header, render, render_all, tsfmd_url,
 )
 from tsfmd.anode.layout import AnodeLayout
-from tsfmd.registry import ServerSettings, parse_registry
+from tsfmd.core.registry import ServerSettings, parse_registry
 
 
 def registry(models: str, host: str = "127.0.0.1", port: int = 5001):

@@ -28,12 +28,12 @@ import pytest
 
 import tinymodels
 from conftest import wait_until
-from tsfmd.batching import BatchingExecutor
+from tsfmd.core.batching import BatchingExecutor
 from tsfmd.families import get_family
 from tsfmd.families.base import Family, Forecast, LoadSpec, SeriesInput
 from tsfmd.families.timemoe.weights import write_random_checkpoint
-from tsfmd.protocol import parse_request, success_reply
-from tsfmd.registry import BatchingSettings
+from tsfmd.api.tdgpt import parse_request, success_reply
+from tsfmd.core.registry import BatchingSettings
 
 TIMEMOE_TINY = Path(__file__).parent / "fixtures" / "timemoe" / "tiny"
 #: horizons drawn per family: a few values so that random batches hold equal ones too

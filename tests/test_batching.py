@@ -17,14 +17,14 @@ import pytest
 
 from conftest import wait_until
 from tsfmd import families
-from tsfmd.batching import BatchingExecutor
-from tsfmd.executor import SerialExecutor, make_executor
+from tsfmd.core.batching import BatchingExecutor
+from tsfmd.core.executor import SerialExecutor, make_executor
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, SeriesInput, UnsupportedInput,
 )
-from tsfmd.errors import Unavailable
-from tsfmd.protocol import ForecastRequest
-from tsfmd.registry import BatchingSettings
+from tsfmd.core.errors import Unavailable
+from tsfmd.core.request import ForecastRequest
+from tsfmd.core.registry import BatchingSettings
 
 SLOW_FAMILY = "slow-naive-test"
 #: a series holding this value is refused by the family (a "bad request" inside a batch)

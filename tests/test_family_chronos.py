@@ -18,7 +18,7 @@ from tinymodels import forecast_ok, series
 from conftest import start_tsfmd
 from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, SeriesInput
-from tsfmd.intervals import median_and_band, quantile_at
+from tsfmd.core.intervals import median_and_band, quantile_at
 
 BOLT_NATIVE = 16  # prediction_length of the tiny Chronos-Bolt
 C2_NATIVE = 32  # max_output_patches * output_patch_size of the tiny Chronos-2

@@ -18,7 +18,7 @@ from tinymodels import forecast_ok, series
 from conftest import start_tsfmd
 from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, SeriesInput
-from tsfmd.intervals import quantile_at
+from tsfmd.core.intervals import quantile_at
 
 BLOCK = 32  # horizon_length of the tiny model: one forward pass
 CONTEXT = 1024

@@ -1,10 +1,10 @@
-"""The shared quantile -> interval mapping used by every family (tsfmd/intervals.py)."""
+"""The shared quantile -> interval mapping used by every family (tsfmd/core/intervals.py)."""
 from statistics import NormalDist
 
 import numpy as np
 import pytest
 
-from tsfmd.intervals import band_levels, median_and_band, quantile_at
+from tsfmd.core.intervals import band_levels, median_and_band, quantile_at
 
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 Z = NormalDist().inv_cdf

@@ -27,8 +27,8 @@ from conftest import free_port, registry_yaml, wait_until
 from tsfmd import families
 from tsfmd.families import register_family
 from tsfmd.families.base import Capabilities, Family, Forecast, LoadSpec
-from tsfmd.notify import Notifier
-from tsfmd.server import Daemon
+from tsfmd.daemon.notify import Notifier
+from tsfmd.daemon.server import Daemon
 
 # -- a family whose load and forecast wait for the test ------------------------------------
 

@@ -28,9 +28,9 @@ import pytest
 
 from conftest import FIXTURES, free_port, registry_yaml, wait_until
 from test_batching import SlowNaiveFamily, batching_info, body, slow_family, slow_model  # noqa: F401
-from tsfmd.batching import BatchingExecutor
-from tsfmd.errors import Unavailable
-from tsfmd.registry import BatchingSettings
+from tsfmd.core.batching import BatchingExecutor
+from tsfmd.core.errors import Unavailable
+from tsfmd.core.registry import BatchingSettings
 
 #: the issue's bound for /healthz and another model during a burst
 ANSWER_WITHIN_S = 1.0
@@ -390,7 +390,7 @@ def test_a_worker_gathering_company_for_long_still_beats():
 
 def request_for(values):
     from tsfmd.families.base import SeriesInput
-    from tsfmd.protocol import ForecastRequest
+    from tsfmd.core.request import ForecastRequest
 
     return ForecastRequest(series=SeriesInput(np.asarray(values, dtype=np.float64)), horizon=1)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tsfmd.registry import RegistryError, parse_registry
+from tsfmd.core.registry import RegistryError, parse_registry
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ from test_lifecycle import (  # the in-process daemon with its notify socket, an
 )
 from tsfmd import families
 from tsfmd.families import register_family
-from tsfmd.runtime import FAILED, READY
+from tsfmd.core.models import FAILED, READY
 
 
 @pytest.fixture(autouse=True, scope="module")

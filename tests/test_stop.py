@@ -27,8 +27,8 @@ import waitress
 from waitress import wasyncore
 
 from conftest import free_port, registry_yaml, start_tsfmd, wait_until
-from tsfmd import wire
-from tsfmd.server import DRAIN_SECONDS
+from tsfmd.daemon import wire
+from tsfmd.daemon.server import DRAIN_SECONDS
 
 TSFMD = str(Path(sys.executable).parent / "tsfmd")
 MODEL = "  fracast:\n    family: fracast\n    source: bundled\n    device: cpu\n"
@@ -283,7 +283,7 @@ def test_bad_port_option_is_a_usage_error(tmp_path):
 
 
 def test_listen_advice_per_errno():
-    from tsfmd.server import listen_advice
+    from tsfmd.daemon.server import listen_advice
 
     def advice(code, host="10.9.9.9"):
         return listen_advice(host, 5001, OSError(code, os.strerror(code)), "/etc/r.yaml")

@@ -129,7 +129,7 @@ def test_install_unit_keeps_the_operators_registry(tmp_path):
 
 
 def test_hidden_installation_is_bound_back_in():
-    from tsfmd.install_unit import paths_dropin
+    from tsfmd.daemon.install_unit import paths_dropin
 
     home = paths_dropin(["/root/.pyenv/versions/3.11.7", "/tmp/venv"])
     assert "ProtectHome=tmpfs\n" in home

@@ -22,8 +22,8 @@ import requests
 from conftest import free_port, wait_until
 from systemd_lab import SystemdLab, unavailable_reason
 from test_stop import assert_nothing_lost, through_stop
-from tsfmd.exit_report import memory_report, oom_message
-from tsfmd.server import DRAIN_SECONDS
+from tsfmd.daemon.exit_report import memory_report, oom_message
+from tsfmd.daemon.server import DRAIN_SECONDS
 
 REASON = unavailable_reason()
 LAB = [pytest.mark.systemd, pytest.mark.slow,

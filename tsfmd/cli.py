@@ -4,23 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import List, Optional
 
-from tsfmd.registry import DEFAULT_CONFIG, RegistryError, load_registry
+from tsfmd.core.registry import DEFAULT_CONFIG, RegistryError, default_config, load_registry
 from tsfmd.version import __version__
 
 log = logging.getLogger("tsfmd")
-
-
-def embedded_registry() -> str:
-    """The registry shipped inside the package (the repo's etc/tsfmd/tsfmd.yaml)."""
-    return str(Path(__file__).parent / "data" / "tsfmd.yaml")
-
-
-def default_config() -> str:
-    """/etc/tsfmd/tsfmd.yaml when installed, else the embedded default registry."""
-    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else embedded_registry()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check)
 
     # Sub-commands owned by other modules register themselves here, one line each.
-    from tsfmd import exit_report, install_unit, reload_cmd  # light: no torch, no Flask
+    from tsfmd.daemon import exit_report, install_unit, reload  # light: no torch, no Flask
 
-    reload_cmd.add_parser(commands)
+    reload.add_parser(commands)
     install_unit.add_parser(commands)
     exit_report.add_parser(commands)
     from tsfmd.anode import install as anode_adapters  # light: no torch, no Flask
@@ -74,7 +63,7 @@ def cmd_check(args) -> int:
         return 1
     for warning in registry.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    from tsfmd.preflight import load_problems  # imports the families the registry names
+    from tsfmd.core.preflight import load_problems  # imports the families the registry names
 
     server = registry.server
     state_dir = args.state_dir or server.resolved_state_dir()
@@ -115,8 +104,8 @@ def _port(text: str) -> int:
 
 
 def cmd_serve(args) -> int:
-    from tsfmd.logs import setup_logging
-    from tsfmd.server import Daemon, ListenError
+    from tsfmd.daemon.logs import setup_logging
+    from tsfmd.daemon.server import Daemon, ListenError
 
     setup_logging(args.log_level)
     path = args.config or default_config()

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-from tsfmd.registry import ModelSpec, ServerSettings, client_host
+from tsfmd.core.registry import ModelSpec, ServerSettings, client_host
 from tsfmd.version import __version__
 
 #: an SQL algo name the anode can find: it lower-cases `algo` before the lookup, and

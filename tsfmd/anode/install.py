@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from tsfmd.anode import ini_config, pyconfig
 from tsfmd.anode.generate import Adapter, AdapterError, check_keys, render_all, tsfmd_url
 from tsfmd.anode.layout import DEFAULT_ANODE_DIR, AnodeLayout
-from tsfmd.registry import Registry, RegistryError, load_registry
+from tsfmd.core.registry import Registry, RegistryError, load_registry
 
 PY_CONFIG = "/etc/taos/taosanode.config.py"
 INI_CONFIG = "/etc/taos/taosanode.ini"
@@ -354,7 +354,7 @@ def _configured(path: Path) -> Dict[str, str]:
 
 
 def _default_registry() -> str:
-    from tsfmd.cli import default_config
+    from tsfmd.core.registry import default_config
 
     return default_config()
 

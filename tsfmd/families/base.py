@@ -17,7 +17,7 @@ from typing import Any, Hashable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tsfmd.errors import Unsupported
+from tsfmd.core.errors import Unsupported
 
 
 class ModelLoadError(RuntimeError):
@@ -56,7 +56,7 @@ class Capabilities:
     #: the model normalises each series (and each covariate) by its own location and
     #: spread, so f(a*x + b) = a*f(x) + b: tsfmd then scales and shifts every series in
     #: float64 before the model's float32 sees it, and maps the forecast back
-    #: (tsfmd/scaling.py). False: the family gets the values as sent, within float32.
+    #: (tsfmd/core/scaling.py). False: the family gets the values as sent, within float32.
     affine_equivariant: bool = False
     #: context plus horizon must fit this many positions (Time-MoE): each request keeps
     #: at most position_limit - next_len points, decided for its own horizon; None: no such
@@ -126,7 +126,7 @@ class Family(abc.ABC):
         """Raise ModelLoadError when `spec.source` has no loadable files on this machine.
         Looks offline and loads no weights (`tsfmd check`). The default asks for a
         config.json; a family that knows its files checks those."""
-        from tsfmd.sources import resolve_model_dir  # sources imports this module
+        from tsfmd.families.hub import resolve_model_dir  # sources imports this module
 
         resolve_model_dir(spec.source, spec.cache_dir, offline=True)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence, Tuple
 
 from tsfmd.families.base import LoadSpec, ModelLoadError
-from tsfmd.sources import resolve_model_dir
+from tsfmd.families.hub import resolve_model_dir
 
 #: any one of these is a loadable set of weights in the published layouts
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

@@ -20,7 +20,7 @@ from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
 from tsfmd.families.checkpoint import LIBRARY_LOCK
-from tsfmd.sources import resolve_model_dir
+from tsfmd.families.hub import resolve_model_dir
 
 #: fracast refuses series with fewer finite points than this
 MIN_CONTEXT = 8

@@ -29,7 +29,7 @@ from tsfmd.families.base import (
 )
 from tsfmd.families.timemoe.generate import generate, plan_groups
 from tsfmd.families.timemoe.weights import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_model
-from tsfmd.sources import resolve_model_dir
+from tsfmd.families.hub import resolve_model_dir
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

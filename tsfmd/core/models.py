@@ -15,14 +15,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from tsfmd.errors import Unavailable
-from tsfmd.executor import make_executor
+from tsfmd.core.errors import Unavailable
+from tsfmd.core.executor import make_executor
 from tsfmd.families import get_family
 from tsfmd.families.base import Capabilities, Family, Forecast, ModelLoadError, resolve_limit
-from tsfmd.preflight import load_spec
-from tsfmd.protocol import ForecastRequest
-from tsfmd.registry import ModelSpec
-from tsfmd.sources import source_fingerprint
+from tsfmd.core.preflight import load_spec
+from tsfmd.core.request import ForecastRequest
+from tsfmd.core.registry import ModelSpec
+from tsfmd.families.hub import source_fingerprint
 
 log = logging.getLogger("tsfmd.models")
 

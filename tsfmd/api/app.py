@@ -19,19 +19,19 @@ from typing import Callable, Optional
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from tsfmd import errors
-from tsfmd.admission import Admission
-from tsfmd.protocol import decode_body, parse_request, success_reply
-from tsfmd.runtime import READY, Models
-from tsfmd.waitress_hooks import ARRIVED
-from tsfmd.wire import too_large_message
+from tsfmd.core import errors
+from tsfmd.core.admission import Admission
+from tsfmd.api.tdgpt import decode_body, parse_request, success_reply
+from tsfmd.core.models import READY, Models
+from tsfmd.daemon.waitress_hooks import ARRIVED
+from tsfmd.daemon.wire import too_large_message
 
 access_log = logging.getLogger("tsfmd.access")
 log = logging.getLogger("tsfmd.app")
 
 
 class HttpError(Exception):
-    """An answer about HTTP itself (a wrong method); domain errors live in tsfmd.errors."""
+    """An answer about HTTP itself (a wrong method); domain errors live in tsfmd.core.errors."""
 
     def __init__(self, status: int, message: str, headers: Optional[dict] = None):
         super().__init__(message)
@@ -165,7 +165,7 @@ def create_app(
             )
         caps = handle.ready_capabilities()
         # Admission first: over its budget the request gets 503 + Retry-After at once, before
-        # its body is parsed and before it waits on the model (tsfmd/admission.py).
+        # its body is parsed and before it waits on the model (tsfmd/core/admission.py).
         ticket = admission.enter(handle.key, handle.executor)
         try:
             forecast_request = parse_request(_json_body(), caps, handle.key)

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, ModelLoadError
-from tsfmd.registry import ModelSpec
+from tsfmd.core.registry import ModelSpec
 
 
 def load_spec(spec: ModelSpec, state_dir: Optional[str], device: str) -> LoadSpec:

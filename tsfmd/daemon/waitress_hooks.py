@@ -2,7 +2,7 @@
 
 * Arrival: each request is stamped (time.monotonic()) when waitress reads its first bytes
   and the stamp reaches the app as environ["tsfmd.arrived"], so a forecast's deadline counts
-  the time it waited for a request thread (`ArrivalParser`, `ArrivalTask`; tsfmd/wire.py's
+  the time it waited for a request thread (`ArrivalParser`, `ArrivalTask`; tsfmd/daemon/wire.py's
   channel uses both).
 * Lanes: waitress hands requests to its threads first come, first served. `LanedDispatcher`
   lets every request that cannot block (anything but a POST: /healthz, /readyz, /v1/*) go

@@ -6,8 +6,8 @@ offer `submit(request, disconnected=None) -> Forecast` (a batch of 1), `describe
 requests queue instead of fighting over the cores, and both answer overload the same way:
 a full queue or a request that waited `timeout_s` since it arrived without starting gets a
 503 with Retry-After. `running_slots` (requests that run at once) and `queue_size` are what
-tsfmd/admission.py bounds a model's request threads by, and `liveness_problem()` is what
-the systemd watchdog asks. The batching executor lives in `tsfmd/batching.py`.
+tsfmd/core/admission.py bounds a model's request threads by, and `liveness_problem()` is what
+the systemd watchdog asks. The batching executor lives in `tsfmd/core/batching.py`.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from typing import Callable, Deque, Optional
 
 import torch
 
-from tsfmd.batching import BatchingExecutor, Stats, running_too_long, start_of
-from tsfmd.errors import ClientGone, Overloaded
+from tsfmd.core.batching import BatchingExecutor, Stats, running_too_long, start_of
+from tsfmd.core.errors import ClientGone, Overloaded
 from tsfmd.families.base import Family, Forecast
-from tsfmd.protocol import ForecastRequest
+from tsfmd.core.request import ForecastRequest
 
 #: how often a caller waiting for the serial lock looks whether its client hung up
 _POLL_S = 0.25

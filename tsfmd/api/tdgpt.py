@@ -9,7 +9,7 @@ names: TDgpt's FORECAST option `rows` becomes `next_len` and `conf` (a percentag
 
 Numbers stay float64 until the model: for a model that normalises each series itself
 (Capabilities.affine_equivariant) the series is scaled and shifted in float64 first and
-the forecast mapped back (tsfmd/scaling.py), so magnitudes float32 cannot hold (1e39, a
+the forecast mapped back (tsfmd/core/request.py, tsfmd/core/scaling.py), so magnitudes float32 cannot hold (1e39, a
 counter at 1.7e9 with a small swing, a sine times 1e-12) forecast like any other series.
 A number beyond float64 itself (1e309, an integer of 400 digits) is refused when the body
 is decoded; a forecast that would leave float64's range is refused after the model ran,
@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 import numpy as np
 
-from tsfmd.errors import BadInput, ModelFault
+from tsfmd.core.errors import BadInput
+from tsfmd.core.intervals import median_and_band, quantile_at
+from tsfmd.core.request import ROWS, ForecastRequest, finite, in_request_units, prepare
 from tsfmd.families.base import Capabilities, Forecast, SeriesInput
-from tsfmd.intervals import median_and_band, quantile_at
-from tsfmd.scaling import FLOAT32_MAX, SeriesScale, flattening_outliers
 
 #: at most this share of `input` may be missing (null/NaN) and still be filled
 MAX_MISSING_SHARE = 0.1
@@ -36,8 +35,7 @@ MAX_MISSING_SHARE = 0.1
 #: integer literals longer than this are read as floats: no exact int is needed past it,
 #: and Python refuses int() of more than 4300 digits
 _EXACT_INT_DIGITS = 18
-#: the SQL words (TDgpt's FORECAST options) for the JSON fields a SQL user may get wrong
-ROWS = "rows (next_len)"
+#: the SQL word (TDgpt's FORECAST option) for conf_interval, which a SQL user may get wrong
 CONF = "conf (conf_interval)"
 
 
@@ -79,19 +77,6 @@ def _clip(text: str, limit: int = 24) -> str:
     return text if len(text) <= limit else f"{text[:12]}...({len(text)} characters)"
 
 
-@dataclass
-class ForecastRequest:
-    """A checked request: a finite series ready for a family, plus what to answer."""
-
-    series: SeriesInput
-    horizon: int
-    conf: Optional[float] = None
-    notes: List[str] = field(default_factory=list)
-    model: str = "the model"
-    #: how `series` was scaled for the model (None: it is in the request's own units)
-    scale: Optional[SeriesScale] = None
-
-
 def parse_request(body: Any, caps: Capabilities, model: str) -> ForecastRequest:
     """Validate TDgpt's JSON body against the model's capabilities."""
     if not isinstance(body, dict):
@@ -114,72 +99,8 @@ def parse_request(body: Any, caps: Capabilities, model: str) -> ForecastRequest:
     future = _covariates(
         body, "dynamic_real", len(body["input"]) + horizon, caps.future_covariates, model
     )
-    keep, why = _context_kept(caps, horizon, model)
-    if values.size > keep:
-        dropped = values.size - keep
-        notes.append(f"input has {values.size} points; kept the most recent {keep} ({why})")
-        values = values[dropped:]
-        past = past[:, dropped:] if past is not None else None
-        future = future[:, dropped:] if future is not None else None
-    series = SeriesInput(values=values, past_covariates=past, future_covariates=future)
-    scale = None
-    if caps.affine_equivariant:
-        series, scale = _scaled(series, notes)
-    else:
-        _check_float32(series, model)
-    return ForecastRequest(series=series, horizon=horizon, conf=conf, notes=notes,
-                           model=model, scale=scale)
-
-
-def _context_kept(caps: Capabilities, horizon: int, model: str):
-    """How many recent points the model reads for this horizon, and why that many."""
-    keep, why = caps.context_limit, f"the context limit of {model}"
-    if caps.position_limit is not None and caps.position_limit - horizon < keep:
-        keep = max(1, caps.position_limit - horizon)
-        why = (f"model {model} reads at most {caps.position_limit} positions: the context "
-               f"plus {ROWS} {horizon}")
-    return keep, why
-
-
-def _scaled(series: SeriesInput, notes: List[str]):
-    """The series (and each covariate) scaled in float64 for the model, and the map back."""
-    scale = SeriesScale.of(series.values)
-    values = scale.apply(series.values)
-    outliers = flattening_outliers(values)
-    if outliers.size:
-        more = "" if outliers.size <= 10 else f" and {outliers.size - 10} more"
-        notes.append(
-            f"the values at positions {outliers[:10].tolist()}{more} lie so far from the rest "
-            "that the model, computing in float32, sees the other points as flat"
-        )
-    return SeriesInput(
-        values=values,
-        past_covariates=_scaled_rows(series.past_covariates),
-        future_covariates=_scaled_rows(series.future_covariates),
-        zero=scale.zero(),
-    ), scale
-
-
-def _scaled_rows(rows: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """Each covariate on its own scale: the models normalise every covariate separately."""
-    if rows is None:
-        return None
-    return np.stack([SeriesScale.of(row).apply(row) for row in rows])
-
-
-def _check_float32(series: SeriesInput, model: str) -> None:
-    """A model that reads its input as given gets only what float32 can hold."""
-    parts = [("input", series.values), ("past_dynamic_real", series.past_covariates),
-             ("dynamic_real", series.future_covariates)]
-    for name, values in parts:
-        if values is None:
-            continue
-        too_large = np.flatnonzero(np.abs(values).ravel() > FLOAT32_MAX)
-        if too_large.size:
-            raise bad(
-                f"'{name}' holds values beyond what model {model} can read (32-bit floats, "
-                f"largest about 3.4e38), e.g. {values.ravel()[too_large[0]]:g}: rescale it"
-            )
+    return prepare(SeriesInput(values=values, past_covariates=past, future_covariates=future),
+                   horizon, caps, model, conf, notes)
 
 
 def success_reply(
@@ -192,7 +113,7 @@ def success_reply(
     h = request.horizon
     reply: dict = {"status": "success"}
     if forecast.quantiles is not None and caps.intervals:
-        native = _request_units(request, forecast.quantiles[row, :h])
+        native = in_request_units(request, forecast.quantiles[row, :h])
         if request.conf is not None:
             median, lower, upper = median_and_band(caps.quantile_levels, native, request.conf)
             reply["output"] = _floats(request, median)
@@ -201,37 +122,15 @@ def success_reply(
         else:
             reply["output"] = _floats(request, quantile_at(caps.quantile_levels, native, 0.5))
     else:
-        reply["output"] = _floats(request, _request_units(request, forecast.point[row, :h]))
+        reply["output"] = _floats(request, in_request_units(request, forecast.point[row, :h]))
     if request.notes:
         reply["notes"] = list(request.notes)
     return reply
 
 
-def _request_units(request: ForecastRequest, values: np.ndarray) -> np.ndarray:
-    """A model's answer for `request` in the request's own units (float64)."""
-    values = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise ModelFault(
-            f"model {request.model} produced non-finite values (NaN or infinity) for this "
-            "series; no forecast can be given (the model, not the request, is at fault)"
-        )
-    if request.scale is None:
-        return values
-    return _finite(request, request.scale.undo(values))
-
-
-def _finite(request: ForecastRequest, values: np.ndarray) -> np.ndarray:
-    if not np.isfinite(values).all():
-        raise bad(
-            f"the forecast of model {request.model} for this series goes beyond the range of "
-            "a 64-bit float (about 1.8e308): send the series in smaller units"
-        )
-    return values
-
-
 def _floats(request: ForecastRequest, values: np.ndarray) -> list:
     """JSON numbers; an interval's tail may still overflow where its quantiles did not."""
-    return [float(v) for v in _finite(request, np.asarray(values, dtype=np.float64))]
+    return [float(v) for v in finite(request, np.asarray(values, dtype=np.float64))]
 
 
 def _json_type(value: Any) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from typing import Dict, Optional
 
-from tsfmd.errors import Overloaded
+from tsfmd.core.errors import Overloaded
 
 
 def reserved_threads(threads: int) -> int:

@@ -21,14 +21,14 @@ from flask import has_request_context
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 
-from tsfmd import liveness, wire
-from tsfmd.admission import Admission
-from tsfmd.app import create_app
-from tsfmd.notify import Notifier, watchdog_seconds
-from tsfmd.registry import (Registry, RegistryError, ServerSettings, client_host,
+from tsfmd.daemon import liveness, wire
+from tsfmd.core.admission import Admission
+from tsfmd.api.app import create_app
+from tsfmd.daemon.notify import Notifier, watchdog_seconds
+from tsfmd.core.registry import (Registry, RegistryError, ServerSettings, client_host,
                             load_registry)
-from tsfmd.runtime import Models
-from tsfmd.waitress_hooks import LanedDispatcher, capacity_settings
+from tsfmd.core.models import Models
+from tsfmd.daemon.waitress_hooks import LanedDispatcher, capacity_settings
 
 log = logging.getLogger("tsfmd.server")
 
@@ -153,7 +153,7 @@ class Daemon:
             app,
             host=settings.host,
             port=settings.port,
-            # forecasts hold at most a share of the threads (tsfmd/admission.py); the rest,
+            # forecasts hold at most a share of the threads (tsfmd/core/admission.py); the rest,
             # and health checks ahead of waiting forecasts, keep answering during a burst
             _dispatcher=LanedDispatcher(settings.threads),
             **capacity_settings(settings.threads),

@@ -57,9 +57,13 @@ def add_parser(commands) -> None:
     parser.set_defaults(handler=cmd_install_unit)
 
 
+#: the tsfmd package directory (this module lives in tsfmd/daemon/)
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
 def packaged(name: str) -> str:
     """A packaging file: from the installed package, or from the source tree."""
-    here = Path(__file__).parent
+    here = PACKAGE_DIR
     packaged_names = {"tsfmd.service": "systemd/tsfmd.service",
                       "gpu.conf": "systemd/gpu.conf", "sysusers.conf": "sysusers.d/tsfmd.conf"}
     for path in (here / "data" / "systemd" / name,
@@ -83,7 +87,7 @@ def hidden_install_paths(executable: str) -> List[str]:
     """Directories the daemon needs that the sandbox would hide: the executable's
     environment, its base Python and the tsfmd package (editable installs)."""
     needed = {os.path.dirname(os.path.dirname(executable)), sys.prefix, sys.base_prefix,
-              str(Path(__file__).parent.parent)}
+              str(PACKAGE_DIR.parent)}
     hidden = set()
     for path in needed:
         real = os.path.realpath(path)
@@ -124,7 +128,7 @@ def memory_dropin(size: str) -> str:
 
 def plan(executable: str, gpu: bool = False, memory_max: Optional[str] = None
          ) -> List[InstallFile]:
-    from tsfmd.cli import embedded_registry
+    from tsfmd.core.registry import embedded_registry
 
     unit = packaged("tsfmd.service").replace(SHIPPED_EXECUTABLE, executable)
     files = [

@@ -56,8 +56,8 @@ def daemon_url(url: Optional[str], config: Optional[str]) -> str:
             continue
         if text:
             return text.rstrip("/")
-    from tsfmd.cli import default_config
-    from tsfmd.registry import RegistryError, client_host, load_registry
+    from tsfmd.core.registry import default_config
+    from tsfmd.core.registry import RegistryError, client_host, load_registry
 
     path = config or default_config()
     try:

@@ -26,7 +26,7 @@ from waitress.task import ErrorTask
 from waitress.utilities import (BadRequest, InternalServerError, RequestEntityTooLarge,
                                 RequestHeaderFieldsTooLarge, ServerNotImplemented)
 
-from tsfmd.waitress_hooks import ArrivalParser, ArrivalTask
+from tsfmd.daemon.waitress_hooks import ArrivalParser, ArrivalTask
 
 #: how long a connection idle when the stop began may still bring one more request
 IDLE_GRACE_SECONDS = 2.0

@@ -26,6 +26,16 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_CONFIG = "/etc/tsfmd/tsfmd.yaml"
 
 
+def embedded_registry() -> str:
+    """The registry shipped inside the package (the repo's etc/tsfmd/tsfmd.yaml)."""
+    return str(Path(__file__).resolve().parent.parent / "data" / "tsfmd.yaml")
+
+
+def default_config() -> str:
+    """/etc/tsfmd/tsfmd.yaml when installed, else the embedded default registry."""
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else embedded_registry()
+
+
 class RegistryError(ValueError):
     """A registry that cannot be used; `problems` holds one line per problem."""
 

@@ -9,7 +9,7 @@ one forward pass at a time per model: on a small CPU concurrent requests queue i
 fighting over the cores.
 
 Overload is answered, never absorbed:
-  * over the model's admission limit (tsfmd/admission.py) or queue full
+  * over the model's admission limit (tsfmd/core/admission.py) or queue full
                                  -> 503 with Retry-After, at once;
   * still queued at its deadline -> 503 with Retry-After (it never ran; the model is busy);
   * its batch still running then -> 504 (the forecast itself is slower than `timeout_s`).
@@ -27,7 +27,7 @@ total horizon asked for, e.g. a decoder that picks its output head by the steps 
 
 The worker beats a heartbeat at least every second; `liveness_problem()` says when the
 worker died, stopped beating, or runs one batch far longer than any deadline (wedged), so
-the systemd watchdog stops pinging (tsfmd/liveness.py).
+the systemd watchdog stops pinging (tsfmd/daemon/liveness.py).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from tsfmd.families.base import Family, Forecast, SeriesInput
-from tsfmd.errors import ClientGone, DeadlineExceeded, Overloaded, ServeError, Unavailable
+from tsfmd.core.errors import ClientGone, DeadlineExceeded, Overloaded, ServeError, Unavailable
 
 log = logging.getLogger("tsfmd.batching")
 
