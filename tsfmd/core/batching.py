@@ -21,9 +21,10 @@ daemon turns on with `channel_request_lookahead`; a client that vanishes while i
 runs still costs its slot in that batch (a forward pass cannot drop a row half-way).
 
 If a batch raises, its members are retried one by one, so one bad series fails only its
-own request. A family may define `horizon_group(horizon)`: requests whose horizons map to
-different groups never share a forward pass (for models whose first h steps depend on the
-total horizon asked for, e.g. a decoder that picks its output head by the steps left).
+own request. A family declares `Capabilities.horizon_block` (read through
+`caps.batch_group(horizon)`): requests whose horizons fall in different groups never share a
+forward pass (for models whose first h steps depend on the total horizon asked for, e.g. a
+decoder that picks its output head by the steps left).
 
 The worker beats a heartbeat at least every second; `liveness_problem()` says when the
 worker died, stopped beating, or runs one batch far longer than any deadline (wedged), so

@@ -61,7 +61,10 @@ class AdapterSettings:
     """How the TDgpt adapter generated for this model talks to tsfmd."""
 
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 120.0
+    # between tsfmd's own deadline (batching.timeout_s, 50 s) and TDgpt's SQL timeout
+    # (60 s): tsfmd's message arrives first, and a tsfmd that stopped answering still gets
+    # the adapter's own clear error before the SQL user sees "can't access"
+    read_timeout_s: float = 55.0
 
 
 #: the entry's fields that decide the loaded model object; a reload that changes one of them
