@@ -422,3 +422,25 @@ def test_sigterm_lets_the_request_in_flight_finish(lifecycle, signal_handlers):
     # answered during the stop: the client is told not to reuse the connection
     assert answer["r"].headers["Connection"] == "close"
     assert life.notify.having("STOPPING")[0]["STATUS"].startswith("stopping")
+
+
+def test_stop_is_bounded_when_a_forward_pass_outlives_the_drain(lifecycle):
+    """A forecast still running when the drain ends no longer holds the stop for another
+    30 s (the worker's join): the models are released within the bound, and the daemon
+    says the work was abandoned, so `tsfmd serve` exits 0 at once instead of aborting."""
+    GATES["long"], ENTERED["long"] = threading.Event(), threading.Event()
+    life = lifecycle(gate("slow", "    options:\n      gate: long\n"))
+    client = threading.Thread(target=lambda: life.post("/slow", timeout=90), daemon=True)
+    client.start()
+    assert ENTERED["long"].wait(timeout=10)
+    began = time.monotonic()
+    try:
+        life.daemon.stop(drain_seconds=1.0)
+        took = time.monotonic() - began
+    finally:
+        GATES["long"].set()  # let the abandoned forward pass end, for the next tests
+    assert life.daemon.abandoned_work is True
+    # the bound is drain (1 s) + at least 1 s to release; before, the join added 30 s
+    assert took < 20, f"the stop took {took:.1f}s"
+    assert wait_until(lambda: life.notify.having("STOPPING"), timeout=10)
+    client.join(timeout=30)

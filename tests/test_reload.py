@@ -152,6 +152,29 @@ def test_tsfmd_reload_exits_1_naming_the_model(daemon, tmp_path, signal_handlers
     assert life.status()["reloads"]["last_successful"] is True
     assert "reload_error" not in model_info(life, "a")  # its entry is back to what serves
 
+    # the same failed model made required, nothing else changed: the reload fails, since
+    # /readyz is now 503 (it is not retried: its files did not appear)
+    life.write(entry("a") + entry("b") + entry("extra", gone, "    required: true\n"))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1, done.stdout
+    assert "extra is required and not available: weights not found" in done.stderr
+    assert requests.get(life.url + "/readyz", timeout=10).status_code == 503
+
+
+def test_reload_config_names_the_daemon_even_where_a_runtime_address_exists(
+        tmp_path, monkeypatch):
+    from tsfmd.daemon.reload import daemon_url
+
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    (runtime / "address").write_text("http://127.0.0.1:5999\n")
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(runtime))
+    config = tmp_path / "mine.yaml"
+    config.write_text("server: {port: 6123}\nmodels:\n" + entry("a"))
+    assert daemon_url(None, str(config)) == "http://127.0.0.1:6123"
+    assert daemon_url(None, None) == "http://127.0.0.1:5999"  # systemd's ExecReload: no --config
+    assert daemon_url("http://[::1]:7000/", str(config)) == "http://[::1]:7000"
+
 
 # -- settings that do not change the loaded model ------------------------------------------
 

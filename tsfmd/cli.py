@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from typing import List, Optional
@@ -123,6 +124,13 @@ def cmd_serve(args) -> int:
         log.error("cannot start: %s", exc)
         return EXIT_FAILED
     daemon.run_until_stopped()
+    if daemon.abandoned_work:
+        # A native forward pass still runs on a worker thread, and tearing the interpreter
+        # down under it aborts the process (SIGABRT, exit 134): end it here, logs flushed.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_STOPPED)
     return EXIT_STOPPED
 
 

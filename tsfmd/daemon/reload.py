@@ -44,8 +44,12 @@ class ReloadError(RuntimeError):
 
 
 def daemon_url(url: Optional[str], config: Optional[str]) -> str:
+    """--url, else the address of the daemon serving --config, else the runtime address
+    file a systemd tsfmd leaves, else the default registry's address."""
     if url:
         return url.rstrip("/")
+    if config:
+        return _registry_url(config)
     candidates = [os.path.join(d, "address")
                   for d in os.environ.get("RUNTIME_DIRECTORY", "").split(":") if d]
     candidates.append(RUNTIME_ADDRESS)
@@ -57,9 +61,13 @@ def daemon_url(url: Optional[str], config: Optional[str]) -> str:
         if text:
             return text.rstrip("/")
     from tsfmd.core.registry import default_config
+
+    return _registry_url(default_config())
+
+
+def _registry_url(path: str) -> str:
     from tsfmd.core.registry import RegistryError, client_host, load_registry
 
-    path = config or default_config()
     try:
         server = load_registry(path).server
     except RegistryError as exc:

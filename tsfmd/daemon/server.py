@@ -27,7 +27,7 @@ from tsfmd.api.app import create_app
 from tsfmd.daemon.notify import Notifier, watchdog_seconds
 from tsfmd.core.registry import (Registry, RegistryError, ServerSettings, client_host,
                             load_registry)
-from tsfmd.core.models import Models
+from tsfmd.core.models import FAILED, Models
 from tsfmd.daemon.waitress_hooks import LanedDispatcher, capacity_settings
 
 log = logging.getLogger("tsfmd.server")
@@ -131,6 +131,7 @@ class Daemon:
                         "last_changes": {}}
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self.abandoned_work = False  # set by stop(): a forward pass outlived its bound
         self._server_thread: Optional[threading.Thread] = None
         self._trigger = None  # wakes waitress's loop to run work in its thread
 
@@ -269,6 +270,12 @@ class Daemon:
         self.registry = registry
         failed = [f"{key} failed to load: {outcome.failures[key]}"
                   for key in outcome.required_failures]
+        # a required model that is down after the reload fails it too, whether this apply
+        # tried it or not (e.g. it just became required): /readyz would be 503
+        failed += [f"{h.key} is required and not available: {h.reason}"
+                   for h in self.models.table.handles.values()
+                   if h.spec.required and h.status == FAILED
+                   and h.key not in outcome.required_failures]
         if failed:
             return self._reload_failed(failed, outcome.changes)
         warnings = [f"{key} (not required) failed to load: {why}"
@@ -332,8 +339,8 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping: no new connections; waiting for %d request(s) in flight",
                  self.inflight.count if self.inflight else 0)
+        deadline = time.monotonic() + drain_seconds
         if self.server is not None:
-            deadline = time.monotonic() + drain_seconds
             self._close_listeners()
             while time.monotonic() < deadline and not self._drained():
                 time.sleep(0.05)
@@ -342,8 +349,20 @@ class Daemon:
                             "open after %.0fs", self.inflight.count, len(self._channels()),
                             drain_seconds)
         if self.models is not None:
-            self.models.close()
+            self._release_models(deadline)
         log.info("stopped")
+
+    def _release_models(self, deadline: float) -> None:
+        """Close the models within what is left of the stop's bound (at least a second). A
+        forward pass still running then is abandoned: `abandoned_work` tells the caller to
+        end the process without waiting for it (systemd's TimeoutStopSec is near)."""
+        closer = threading.Thread(target=self.models.close, name="close-models", daemon=True)
+        closer.start()
+        closer.join(max(1.0, deadline - time.monotonic()))
+        if closer.is_alive():
+            self.abandoned_work = True
+            log.warning("stopping: a forward pass still runs at the end of the stop's bound; "
+                        "exiting without waiting for it")
 
     def _listeners(self):
         return _listeners_of(self.server)
