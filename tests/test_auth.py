@@ -153,7 +153,7 @@ def test_tokens_never_reach_the_logs(guarded, caplog):
     for secret in (ALICE, UNNAMED, WRONG):
         assert secret not in logged
     assert access[0].startswith("GET /v1/models 200") and access[0].endswith(" client=alice")
-    assert access[1].endswith(" client=line 4")  # an unnamed token: its line in the file
+    assert access[1].endswith(" client=line-4")  # an unnamed token: its line in the file
     assert access[2].startswith("GET /v1/models 403") and "client=" not in access[2]
     assert access[3].startswith("GET /v1/models 401")
     assert "refused an unknown token" in logged

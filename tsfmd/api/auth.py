@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -101,6 +102,7 @@ class AuthPolicy:
 
     def check(self):
         """None to go on, or the 401/403 answer; the first thing every request runs."""
+        g.started = time.monotonic()  # the access log's clock: this runs before app.py's
         settings = self.settings  # read once: a reload may swap it meanwhile
         if not settings.enabled:
             return None

@@ -28,7 +28,7 @@ def digest(secret: str) -> bytes:
 
 @dataclass(frozen=True)
 class Token:
-    name: str  # from `name:token`, else "line N"
+    name: str  # from `name:token`, else "line-N"
     digest: bytes = field(repr=False)
 
 
@@ -51,7 +51,7 @@ def parse(text: str, where: str) -> Tuple[List[Tuple[str, str]], List[str]]:
         if not line or line.startswith("#"):
             continue
         name, sep, secret = line.rpartition(":")
-        name = name.strip() if sep else f"line {number}"
+        name = name.strip() if sep else f"line-{number}"
         secret = secret.strip()
         if sep and not NAME.match(name):
             problems.append(f"{where}: line {number}: the name before ':' must be letters, "
