@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import stat
 import subprocess
 import sys
@@ -32,6 +33,8 @@ from test_lifecycle import signal_handlers  # noqa: F401 (a fixture)
 from tsfmd.api import auth
 from tsfmd.core import tokens
 from tsfmd.core.registry import RegistryError, parse_registry
+
+REPO = Path(__file__).resolve().parent.parent
 
 ALICE = secrets.token_hex(24)
 UNNAMED = secrets.token_urlsafe(32)
@@ -388,3 +391,27 @@ def test_generated_adapter_without_a_readable_token_file_says_so(tmp_path):
         assert f"cannot read the token file {gone}" in anode_log(config).read_text()
     finally:
         server.stop()
+
+
+# -- the systemd drop-in --------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed")
+def test_credential_dropin_verifies_clean(tmp_path):
+    """packaging/systemd/auth.conf on the installed unit passes `systemd-analyze verify`.
+    (Not run under the systemd lab of systemd_lab.py: there even a bare oneshot service's
+    $CREDENTIALS_DIRECTORY stays empty, so LoadCredential= cannot be exercised in it;
+    test_a_relative_tokens_file_is_a_systemd_credential covers tsfmd's side.)"""
+    tsfmd = str(Path(sys.executable).parent / "tsfmd")
+    subprocess.run([tsfmd, "install-unit", "--root", str(tmp_path)], check=True,
+                   capture_output=True, timeout=60)
+    unit = tmp_path / "etc/systemd/system/tsfmd.service"
+    shipped = REPO / "packaging" / "systemd" / "auth.conf"
+    assert "\nLoadCredential=tsfmd-tokens:/etc/tsfmd/tsfmd-tokens\n" in shipped.read_text()
+    dropins = unit.parent / "tsfmd.service.d"
+    dropins.mkdir(exist_ok=True)
+    shutil.copy(shipped, dropins / "auth.conf")
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
