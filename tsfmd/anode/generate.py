@@ -115,6 +115,8 @@ def render(spec: ModelSpec, server: ServerSettings, registry_path: str,
         "__TSFMD_ROUTE__": spec.route,
         "__TSFMD_CONNECT_TIMEOUT__": float(spec.adapter.connect_timeout_s),
         "__TSFMD_READ_TIMEOUT__": float(spec.adapter.read_timeout_s),
+        # the file's path, never the token: the anode's user reads it at each request
+        "__TSFMD_TOKEN_FILE__": server.auth.adapter_token_file if server.auth.enabled else None,
     }
     body = _template_body(template)
     for token, value in values.items():

@@ -86,9 +86,11 @@ def create_app(
     @app.after_request
     def _log_request(response):
         elapsed = time.monotonic() - g.get("started", time.monotonic())
+        # with auth on, the client's name from the tokens file (tsfmd/api/auth.py)
+        client = f" client={g.client}" if g.get("client") else ""
         access_log.info(
-            "%s %s %d %.3fs %s", request.method, request.path, response.status_code,
-            elapsed, request.remote_addr or "-",
+            "%s %s %d %.3fs %s%s", request.method, request.path, response.status_code,
+            elapsed, request.remote_addr or "-", client,
         )
         return response
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from tsfmd.core import tokens as token_files
 from tsfmd.families import family_names
 
 #: the paths tsfmd answers itself; a model route may not take them
@@ -127,6 +128,23 @@ def client_host(host: str) -> str:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """`server.auth`: bearer tokens for tsfmd's own APIs (tsfmd/api/auth.py). Off (every
+    path open, as before auth existed) unless `tokens_file` is set."""
+
+    tokens_file: Optional[str] = None  # resolved: absolute, or in $CREDENTIALS_DIRECTORY
+    #: TDgpt's built-in adapters send no header, so its model routes stay open by default
+    protect_tdgpt_routes: bool = False
+    #: a file holding the token that generated TDgpt adapters send (read by the anode's user)
+    adapter_token_file: Optional[str] = None
+    tokens: Tuple[token_files.Token, ...] = field(default=(), repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens_file is not None
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 5001
@@ -134,6 +152,9 @@ class ServerSettings:
     max_request_bytes: int = 16 * 1024 * 1024
     state_dir: Optional[str] = None
     torch_threads: Optional[int] = None
+    # not compared: a reload applies auth at once, while the other server settings wait for
+    # a restart (the daemon warns when those differ)
+    auth: AuthSettings = field(default_factory=AuthSettings, compare=False)
 
     def resolved_state_dir(self) -> str:
         """Where downloaded model files go: the registry, systemd's StateDirectory, or ~/.cache."""
@@ -218,7 +239,9 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 # ---------------------------------------------------------------------------------------
 # Validation: collect every problem instead of stopping at the first one.
 
-_SERVER_FIELDS = {"host", "port", "threads", "max_request_bytes", "state_dir", "torch_threads"}
+_SERVER_FIELDS = {"host", "port", "threads", "max_request_bytes", "state_dir", "torch_threads",
+                  "auth"}
+_AUTH_FIELDS = {"tokens_file", "protect_tdgpt_routes", "adapter_token_file"}
 _MODEL_FIELDS = {
     "family", "source", "route", "aliases", "device", "dtype", "context_limit",
     "horizon_limit", "enabled", "required", "description", "options", "batching", "adapter",
@@ -314,7 +337,53 @@ class _Validator:
             ),
             state_dir=self._str(section, "state_dir", "server", d.state_dir),
             torch_threads=self._int(section, "torch_threads", "server", None, 1, 1024),
+            auth=self.auth(section.get("auth"), "server.auth"),
         )
+
+    def auth(self, section: Any, where: str) -> AuthSettings:
+        """Reads the tokens file now: a configured file that is missing, empty or malformed
+        makes the registry invalid (refused at start, refused whole on reload)."""
+        if section is None:
+            return AuthSettings()
+        if not isinstance(section, dict):
+            self.problem(where, "must be a mapping")
+            return AuthSettings()
+        self._unknown(section, _AUTH_FIELDS, where)
+        protect = self._bool(section, "protect_tdgpt_routes", where, False)
+        adapter_file = self._str(section, "adapter_token_file", where, None)
+        path = self._str(section, "tokens_file", where, None)
+        if path is None or not path.strip():
+            if path is not None or adapter_file or protect:
+                self.problem(f"{where}.tokens_file", "missing: the file of accepted tokens "
+                             "(without server.auth, every path is open)")
+            return AuthSettings()
+        path = token_files.resolve(path.strip(), self.path)
+        found, problems = token_files.read_tokens(path)
+        for text in problems:
+            self.problem(f"{where}.tokens_file", text)
+        if adapter_file is not None and not os.path.isabs(adapter_file):
+            # written into the adapters, read in the anode's process: no base to be relative to
+            self.problem(f"{where}.adapter_token_file", f"must be an absolute path, got "
+                         f"{adapter_file!r}")
+        elif adapter_file is not None:
+            self._adapter_token(adapter_file, found, f"{where}.adapter_token_file")
+        elif protect:
+            self.warnings.append(
+                f"{self.path}: {where}: protect_tdgpt_routes without adapter_token_file: "
+                "no TDgpt adapter sends a token, so SQL forecasts through tsfmd are refused")
+        return AuthSettings(path, protect, adapter_file, found)
+
+    def _adapter_token(self, path: str, accepted, where: str) -> None:
+        """The adapters' token must be one tsfmd accepts; checked where this user can read
+        it (`tsfmd check` as root), skipped where it cannot (the daemon's own user)."""
+        if not os.access(path, os.R_OK):
+            return
+        pairs, problems = token_files.read_secrets(path)
+        for text in problems:
+            self.problem(where, text)
+        if pairs and token_files.digest(pairs[0][1]) not in {t.digest for t in accepted}:
+            self.problem(where, f"{path}: its token is not in tokens_file: generated TDgpt "
+                         "adapters would be refused")
 
     def models(self, section: Any) -> List[ModelSpec]:
         if section is None:

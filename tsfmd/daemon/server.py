@@ -21,6 +21,7 @@ from flask import has_request_context
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 
+from tsfmd.api import auth
 from tsfmd.daemon import liveness, wire
 from tsfmd.core.admission import Admission
 from tsfmd.api.app import create_app
@@ -125,6 +126,7 @@ class Daemon:
         self.models: Optional[Models] = None
         self.server = None
         self.inflight: Optional[InFlight] = None
+        self.auth: Optional[auth.AuthPolicy] = None
         # `started`/`finished` let `tsfmd reload` wait for the reload its SIGHUP caused.
         self.reloads = {"started": 0, "finished": 0, "succeeded": 0, "failed": 0,
                         "last_successful": True, "last_error": "", "last_warnings": [],
@@ -147,6 +149,7 @@ class Daemon:
         self.models = Models(settings.resolved_state_dir())
         app = create_app(self.models, settings.max_request_bytes, self.status,
                          Admission(settings.threads))
+        self.auth = auth.install(app, self.models, self.registry.server.auth)
         self.inflight = InFlight(app.wsgi_app)
         app.wsgi_app = self.inflight
         self.wire = wire.Wire(settings.max_request_bytes)
@@ -217,6 +220,7 @@ class Daemon:
                 f.write(self._self_url("") + "\n")
         except OSError as exc:  # only `tsfmd reload` needs it; serving goes on
             log.warning("cannot write %s/address: %s", runtime_dir, exc)
+        self.auth.write_reload_token(runtime_dir)
 
     def _loading_progress(self, text: str) -> None:
         # Long loads (big checkpoints, first download) must not trip systemd's start timeout.
@@ -268,6 +272,7 @@ class Daemon:
             log.exception("reload: applying the new registry failed")
             return self._reload_failed([f"applying the registry failed: {exc}"])
         self.registry = registry
+        self.auth.update(registry.server.auth)  # validated with the registry: tokens read
         failed = [f"{key} failed to load: {outcome.failures[key]}"
                   for key in outcome.required_failures]
         # a required model that is down after the reload fails it too, whether this apply

@@ -28,6 +28,9 @@ TSFMD_URL = __TSFMD_URL__
 TSFMD_ROUTE = __TSFMD_ROUTE__
 CONNECT_TIMEOUT_S = __TSFMD_CONNECT_TIMEOUT__
 READ_TIMEOUT_S = __TSFMD_READ_TIMEOUT__
+#: with auth on in tsfmd (server.auth.adapter_token_file): the file holding the token this
+#: adapter sends, read at each request so a new token needs no anode restart; None: no token
+TOKEN_FILE = __TSFMD_TOKEN_FILE__
 #: the status probe (config.py-era list calls) must stay quick even if tsfmd is busy
 STATUS_TIMEOUT_S = 5.0
 #: what the anode's own classes answer from get_status() for a service that cannot serve
@@ -94,6 +97,37 @@ def url_from_host_option(host):
     if "/" not in rest:
         return f"{scheme}://{rest}{TSFMD_ROUTE}"
     return host
+
+
+def file_token(text):
+    """The first token in a token file's text: `token` or `name:token`, `#` comments."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line.rpartition(":")[2].strip() or None
+    return None
+
+
+def auth_headers(url):
+    """`Authorization: Bearer` for tsfmd when a token file is configured, sent only to the
+    URLs the registry or the anode's config name: never to a host= a query chose, which could
+    collect it. The token itself is never logged."""
+    if not TOKEN_FILE:
+        return {}
+    trusted = [TSFMD_URL, anode_configured_url(ALGO_NAME) or TSFMD_URL]
+    if split_url(url)[0] not in [split_url(u)[0] for u in trusted]:
+        return {}
+    try:
+        with open(TOKEN_FILE, encoding="utf-8") as f:
+            token = file_token(f.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("tsfmd adapter %s: cannot read the token file %s (%s); sending no token",
+                    ALGO_NAME, TOKEN_FILE, getattr(exc, "strerror", None) or exc)
+        return {}
+    if not token:
+        log.warning("tsfmd adapter %s: no token in %s; sending none", ALGO_NAME, TOKEN_FILE)
+        return {}
+    return {"Authorization": "Bearer " + token}
 
 
 def split_url(url):
@@ -202,9 +236,11 @@ class _TsfmdTemplateService(AbstractForecastService):
         base, route = split_url(url)
         timeout = (CONNECT_TIMEOUT_S, STATUS_TIMEOUT_S)
         try:
-            state = served_state(requests.get(base + MODELS_PATH, timeout=timeout), route)
+            headers = auth_headers(url)
+            listing = requests.get(base + MODELS_PATH, headers=headers, timeout=timeout)
+            state = served_state(listing, route)
             if state is None:  # not a tsfmd: probe the route the way TDgpt's own classes do
-                probe = requests.get(url, timeout=timeout)
+                probe = requests.get(url, headers=headers, timeout=timeout)
                 if probe.status_code == 503:
                     state = ("unavailable", error_text(probe))
         except Exception as exc:
@@ -233,7 +269,8 @@ class _TsfmdTemplateService(AbstractForecastService):
 
     def post(self, url, body):
         try:
-            return requests.post(url, json=body, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+            return requests.post(url, json=body, headers=auth_headers(url),
+                                 timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
         except requests.exceptions.ConnectTimeout:
             raise ValueError(
                 f"{ALGO_NAME}: tsfmd at {url} did not accept a connection within "
