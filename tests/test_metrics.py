@@ -345,11 +345,13 @@ def test_a_real_prometheus_scrapes_tsfmd_and_answers_every_dashboard_query(
 
     try:
         wait_until(lambda: answers('up{job="tsfmd"} == 1'), timeout=90, interval=0.5)
+        # a series is born with its first request; rate() needs a later scrape that saw it grow
+        assert server.post("/fc", SERIES).status_code == 200
+        fc = 'tsfmd_http_requests_total{job="tsfmd", model="fc", code="200"}'
+        wait_until(lambda: answers(fc), timeout=90, interval=0.5)
         for _ in range(3):
             assert server.post("/fc", SERIES).status_code == 200
-        # rate() needs two scrapes that saw the forecasts
-        wait_until(lambda: answers('rate(tsfmd_model_forecasts_total{job="tsfmd"}[1m]) > 0'),
-                   timeout=90, interval=0.5)
+        wait_until(lambda: answers(f"rate({fc}[1m]) > 0"), timeout=90, interval=0.5)
         empty = []
         for expr in dashboard_queries():
             values = re.match(r"label_values\((.*),\s*(\w+)\)$", expr)
