@@ -35,6 +35,8 @@ setup(
         "numpy>=1.24",
         "safetensors>=0.4",
         "huggingface_hub>=0.23",
+        # /metrics (tsfmd/api/metrics.py); 0.20 has disable_created_metrics
+        "prometheus_client>=0.20,<1",
         # The embedded default model: pretrained weights ship inside the wheel.
         "fracast>=0.1,<0.2",
     ],

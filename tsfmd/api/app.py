@@ -7,6 +7,7 @@ Where a request goes:
   GET  /healthz         -> the process answers
   GET  /readyz          -> 200 when every required model is ready, else 503 naming them
   GET  /v1/status       -> the daemon itself: registry, reload counts, requests in flight
+  GET  /metrics         -> Prometheus' text format (tsfmd/api/metrics.py)
 Every error is a JSON body {"status": "error", "error": "<what is wrong>"}.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from tsfmd.core import errors
 from tsfmd.core.admission import Admission
+from tsfmd.api.metrics import metrics_blueprint, note_model
 from tsfmd.api.tdgpt import decode_body, parse_request, success_reply
 from tsfmd.core.models import READY, Models
 from tsfmd.daemon.waitress_hooks import ARRIVED
@@ -118,6 +120,8 @@ def create_app(
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
+    app.register_blueprint(metrics_blueprint(models, admission, daemon_status))
+
     @app.get("/healthz")
     def healthz():
         return json_response({"status": "ok"})
@@ -160,6 +164,7 @@ def create_app(
         if handle is None:
             served = ", ".join(sorted(models.table.routes)) or "none"
             raise errors.NotFound(f"no model is served at {route}; served routes: {served}")
+        note_model(handle.key, route)  # /metrics labels its answer with the model
         if request.method != "POST":
             raise HttpError(
                 405, f"{route} serves model {handle.key}: POST a JSON forecast request",

@@ -104,12 +104,14 @@ class Job:
 
 
 class Stats:
-    """Counters for /v1/models; written by the worker and callers under the queue lock."""
+    """Counters for /v1/models and /metrics; written by the worker and callers under the
+    queue lock."""
 
     def __init__(self):
         self.forecasts = 0
         self.batches = 0
         self.largest_batch = 0
+        self.batch_sizes: Dict[int, int] = {}  # requests per batch -> batches (/metrics)
         self.rejected_full = 0
         self.timed_out = 0
         self.client_gone = 0
@@ -121,6 +123,7 @@ class Stats:
         self.batches += 1
         self.forecasts += size
         self.largest_batch = max(self.largest_batch, size)
+        self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
         per = seconds / max(1, size)
         old = self.seconds_per_forecast
         self.seconds_per_forecast = per if old == 0.0 else (1 - _EWMA) * old + _EWMA * per

@@ -130,7 +130,7 @@ class Daemon:
         # `started`/`finished` let `tsfmd reload` wait for the reload its SIGHUP caused.
         self.reloads = {"started": 0, "finished": 0, "succeeded": 0, "failed": 0,
                         "last_successful": True, "last_error": "", "last_warnings": [],
-                        "last_changes": {}}
+                        "last_changes": {}, "last_success_time": None}
         self._stop = threading.Event()
         self._reload = threading.Event()
         self.abandoned_work = False  # set by stop(): a forward pass outlived its bound
@@ -181,6 +181,7 @@ class Daemon:
         self.notifier.status(f"listening on {self.address}; loading "
                              f"{len(self.registry.enabled)} model(s)")
         self.models.apply(self.registry.enabled, self._loading_progress)
+        self.reloads["last_success_time"] = time.time()  # the first load counts, as Prometheus'
         self.notifier.ready(self.models.table.summary())
         log.info("ready: %s", self.models.table.summary())
 
@@ -288,7 +289,8 @@ class Daemon:
         for warning in warnings:
             log.warning("reload: %s", warning)
         self.reloads.update(succeeded=self.reloads["succeeded"] + 1, last_successful=True,
-                            last_error="", last_warnings=warnings, last_changes=outcome.changes)
+                            last_error="", last_warnings=warnings, last_changes=outcome.changes,
+                            last_success_time=time.time())
         self.reloads["finished"] += 1  # last: `tsfmd reload` reads the rest once it moves
         self.notifier.ready(f"reloaded: {self.models.table.summary()}")
         log.info("reload done: %s", self.models.table.summary())
