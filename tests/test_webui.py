@@ -25,6 +25,7 @@ import requests
 import tinymodels
 from conftest import start_tsfmd
 from headless import BrowserError, Chromium, find_chromium
+from tsfmd.core.registry import RegistryError, parse_registry
 
 ARTIFACTS = Path(os.environ.get("TSFMD_TEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
 SHORT_LIMIT = 16  # fracast-short's horizon_limit: the page must show tsfmd's refusal
@@ -184,6 +185,15 @@ def test_root_serves_the_page_and_tdgpt_routes_answer_as_before(server):
     assert server.post("/fracast", {"input": list(range(40)), "next_len": 3}).status_code == 200
     unknown = server.post("/nowhere", {"input": [1, 2], "next_len": 1})
     assert unknown.status_code == 404 and "served routes" in unknown.json()["error"]
+
+
+@pytest.mark.parametrize("route", ["/", "/ui", "/ui/app.js"])
+def test_no_model_route_may_take_the_pages_paths(route):
+    text = f"models:\n  a:\n    family: fracast\n    source: bundled\n    route: {route}\n"
+    with pytest.raises(RegistryError) as refused:
+        parse_registry(text, "reg.yaml")
+    assert refused.value.problems == [f"reg.yaml: models.a.route: {route} is reserved for "
+                                      "tsfmd itself"]
 
 
 # -- in the browser ------------------------------------------------------------------------
