@@ -82,9 +82,10 @@ function twoLines(first, second) {
 
 function queueCell(batching) {
   if (!batching) return node("td", { class: "queue" }, "—");
+  const batch = batching.enabled ? ` · batch ≤ ${batching.max_batch}` : "";
   return node("td", { class: "queue" }, ...twoLines(
     `${batching.queue_depth} waiting of ${batching.queue_size}`,
-    `${batching.running} running${batching.enabled ? ` · batch ≤ ${batching.max_batch}` : ""}`));
+    `${batching.running} running${batch}`));
 }
 
 function servedCell(batching) {
