@@ -22,6 +22,8 @@ setup(
         "tsfmd": ["data/*", "data/**/*"],
         # the TDgpt adapter template (tsfmd/anode/generate.py reads it with importlib.resources)
         "tsfmd.anode": ["template/*"],
+        # the web page at / (tsfmd/api/ui/__init__.py serves it)
+        "tsfmd.api.ui": ["static/*"],
     },
     install_requires=[
         "waitress>=3.0",

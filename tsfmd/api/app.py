@@ -8,6 +8,7 @@ Where a request goes:
   GET  /readyz          -> 200 when every required model is ready, else 503 naming them
   GET  /v1/status       -> the daemon itself: registry, reload counts, requests in flight
   GET  /metrics         -> Prometheus' text format (tsfmd/api/metrics.py)
+  GET  /, /ui/<file>    -> the web page (tsfmd/api/ui/)
 Every error is a JSON body {"status": "error", "error": "<what is wrong>"}.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from tsfmd.core import errors
 from tsfmd.core.admission import Admission
+from tsfmd.api import ui
 from tsfmd.api.metrics import metrics_blueprint, note_model
 from tsfmd.api.tdgpt import decode_body, parse_request, success_reply
 from tsfmd.core.models import READY, Models
@@ -156,7 +158,9 @@ def create_app(
             described.append(info)
         return json_response({"models": described})
 
-    @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    app.register_blueprint(ui.blueprint)  # the web page at / and its files under /ui/
+
+    # "/" itself is the web page's: no registry route may be "/" (core/registry.py)
     @app.route("/<path:path>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     def model_route(path: str):
         route = "/" + path.rstrip("/")
