@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check)
 
     # Sub-commands owned by other modules register themselves here, one line each.
-    from tsfmd.daemon import exit_report, install_unit, reload  # light: no torch, no Flask
+    from tsfmd.daemon import exit_report, install_unit, pull, reload  # light: no torch, no Flask
 
     reload.add_parser(commands)
+    pull.add_parser(commands)
     install_unit.add_parser(commands)
     exit_report.add_parser(commands)
     from tsfmd.anode import install as anode_adapters  # light: no torch, no Flask
