@@ -162,7 +162,10 @@ class StandinHub:
                         faults.reached_half.set()
                         faults.released.wait(120)
                     self.close_connection = True
-                    self.connection.shutdown(2)  # the client sees a dropped connection
+                    try:
+                        self.connection.shutdown(2)  # the client sees a dropped connection
+                    except OSError:
+                        pass  # the client is gone already (killed)
                     return
                 self._write(name, rest)
 

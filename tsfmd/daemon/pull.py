@@ -82,8 +82,7 @@ def _download(source: str, revision, spec, state_dir: str, retry: str) -> Tuple[
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars
 
-    from tsfmd.families import get_family
-    from tsfmd.families import hub_fetch
+    from tsfmd.families import get_family, hub_fetch
     from tsfmd.families.hub import hub_cache_dir
 
     family = spec.family if spec is not None else None
@@ -112,8 +111,8 @@ def _download(source: str, revision, spec, state_dir: str, retry: str) -> Tuple[
 
 def _load(family: Optional[str], source: str, spec, state_dir: str) -> str:
     """Load with the family's loader on CPU, offline (as the daemon will), then close."""
-    from tsfmd.families import get_family
-    from tsfmd.families.base import LoadSpec
+    from tsfmd.families import get_family, hub_fetch
+    from tsfmd.families.base import LoadSpec, ModelLoadError
     from tsfmd.families.metadata import weights_info
 
     if family is None:
@@ -125,7 +124,12 @@ def _load(family: Optional[str], source: str, spec, state_dir: str) -> str:
         dtype=spec.dtype if spec is not None else "auto",
         cache_dir=state_dir, options=dict(spec.options) if spec is not None else {},
     )
-    model = cls.load(load_spec)
+    try:
+        model = cls.load(load_spec)
+    except ModelLoadError as exc:
+        raise hub_fetch.PullError(
+            f"the files match the hub but do not load with family {family}: {exc}; the "
+            "daemon would fail the same way (is it the right family or revision?)") from exc
     try:
         caps = model.capabilities()
     finally:

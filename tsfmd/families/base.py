@@ -141,13 +141,12 @@ class Family(abc.ABC):
     def weights_location(cls, spec: LoadSpec) -> Optional[Path]:
         """The checkpoint directory (or the one weights file) `spec` loads, found offline;
         None when it is not on this machine. /v1/models reads licence and sizes there."""
-        from tsfmd.families.hub import resolve_model_dir
+        from tsfmd.families.hub import cached_snapshot, is_hub_id
 
-        try:
-            return resolve_model_dir(spec.source, spec.cache_dir, required=(),
-                                     allow_patterns=cls.hub_patterns, offline=True)
-        except ModelLoadError:
-            return None
+        local = Path(spec.source).expanduser()
+        if local.is_dir():
+            return local
+        return cached_snapshot(spec.source, spec.cache_dir) if is_hub_id(spec.source) else None
 
     @classmethod
     @abc.abstractmethod

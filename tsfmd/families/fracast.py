@@ -44,10 +44,8 @@ class FracastFamily(Family):
             if found is None or not found.origin:
                 return None
             return Path(found.origin).parent / "weights" / name
-        try:
-            return _weights_dir(spec, offline=True) / name
-        except ModelLoadError:
-            return None
+        directory = super().weights_location(spec)
+        return None if directory is None else directory / name
 
     @classmethod
     def check_source(cls, spec: LoadSpec) -> None:

@@ -102,14 +102,26 @@ def source_fingerprint(source: str, cache_dir: Optional[str]) -> Optional[Tuple]
         return _files_of(local)
     if not is_hub_id(source):
         return None
-    try:
-        from huggingface_hub import snapshot_download
+    snapshot = cached_snapshot(source, cache_dir)
+    return None if snapshot is None else _files_of(snapshot)
 
-        found = snapshot_download(repo_id=source, cache_dir=hub_cache_dir(cache_dir),
-                                  local_files_only=True)
-    except Exception:  # not cached (huggingface_hub raises several error types here)
+
+def cached_snapshot(source: str, cache_dir: Optional[str]) -> Optional[Path]:
+    """The cache's snapshot directory that refs/main names, read straight from the cache
+    layout: huggingface_hub's own lookup refuses a snapshot that lacks any file of the
+    repository (its tree listing names them all), though a family needs only a few."""
+    hub_cache = hub_cache_dir(cache_dir)
+    if hub_cache is None:
+        from huggingface_hub import constants
+
+        hub_cache = constants.HF_HUB_CACHE
+    repo = Path(hub_cache) / ("models--" + source.replace("/", "--"))
+    try:
+        commit = (repo / "refs" / "main").read_text().strip()
+    except OSError:
         return None
-    return _files_of(Path(found))
+    snapshot = repo / "snapshots" / commit
+    return snapshot if commit and snapshot.is_dir() else None
 
 
 def _files_of(directory: Path) -> Optional[Tuple]:

@@ -107,6 +107,8 @@ def fetch_resumable(url: str, blob: Path, remote: RemoteFile, progress_for: Call
             break
         try:
             _get_from(url, partial, have, remote, progress_for)
+            if _size(partial) < remote.size:
+                problem = ConnectionError("the server closed the connection early")
         except urllib.error.HTTPError as exc:
             problem = exc
             if exc.code < 500:
@@ -144,7 +146,7 @@ def _get_from(url: str, partial: Path, have: int, remote: RemoteFile, progress_f
         with open(partial, "ab" if have else "wb") as out, \
                 progress_for(remote.path, remote.size, have) as progress:
             while True:
-                chunk = response.read(_CHUNK)
+                chunk = response.read1(_CHUNK)  # what has arrived, not a whole 1 MiB
                 if not chunk:
                     break
                 out.write(chunk)
