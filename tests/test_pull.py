@@ -112,7 +112,7 @@ def test_pull_shows_progress_then_the_daemon_serves_it_offline(
 
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # the daemon below cannot reach any hub
     server = tsfmd_server(MODELS, extra_server=f"  state_dir: {state}\n")
-    model = {m["key"]: m for m in server.get("/v1/models").json()["models"]}[KEY]
+    model = models_of(server)[KEY]
     assert model["status"] == "ready", model
     assert model["license"] == "mit" and model["weights_bytes"] == size
     reply = server.post(f"/{KEY}", {"input": [float(i % 7) for i in range(64)], "next_len": 8})
@@ -168,7 +168,7 @@ def test_a_corrupt_download_is_reported_deleted_and_not_served(
     assert list(blobs(state).iterdir()) == []  # nothing of it is left to serve
 
     server = tsfmd_server(MODELS, extra_server=f"  state_dir: {state}\n")
-    model = {m["key"]: m for m in server.get("/v1/models").json()["models"]}[KEY]
+    model = models_of(server)[KEY]
     assert model["status"] == "failed"
     reply = server.post(f"/{KEY}", {"input": [1.0] * 32, "next_len": 4})
     assert reply.status_code == 503 and reply.json()["status"] == "error"
@@ -219,3 +219,32 @@ def test_pull_refuses_while_HF_HUB_OFFLINE_is_set(hub, tmp_path, config, state):
                           text=True, timeout=300)
     assert done.returncode == 1 and "HF_HUB_OFFLINE is set" in done.stderr
     assert hub.seen == []
+
+
+def test_a_model_that_failed_serves_after_a_pull_and_a_reload(
+        hub, tmp_path, config, state, tsfmd_server):
+    # As an operator does it: the daemon reports the model missing and names the command;
+    # the pull fetches only the family's files (the repository has more), and a reload
+    # loads them, though huggingface_hub's own lookup calls such a snapshot incomplete.
+    server = tsfmd_server(MODELS.replace("    device: cpu\n", "    device: cpu\n"
+                                         "    required: false\n"),
+                          extra_server=f"  state_dir: {state}\n")
+    assert models_of(server)[KEY]["status"] == "failed"
+    assert pull(hub, tmp_path, config, state).returncode == 0
+    assert server.daemon.reload() is True
+    assert server.daemon.status()["reloads"]["last_changes"]["retried"] == [KEY]
+    assert models_of(server)[KEY]["status"] == "ready"
+
+
+def test_a_revision_becomes_what_the_daemon_serves(hub, tmp_path, config, state):
+    done = subprocess.run(pull_command(config, state) + ["--revision", "v1.0"],
+                          env=pull_env(hub, tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert any(s.path.endswith("/revision/v1.0") for s in hub.seen)
+    refs = state / "hub" / ("models--" + REPO.replace("/", "--")) / "refs"
+    assert (refs / "main").read_text() == (refs / "v1.0").read_text() == COMMIT
+
+
+def models_of(server) -> dict:
+    return {m["key"]: m for m in server.get("/v1/models").json()["models"]}

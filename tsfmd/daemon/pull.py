@@ -26,6 +26,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(commands) -> None:
+    from tsfmd.cli import STATE_DIR_HELP  # the same words as `tsfmd check --help`
+
     pull = commands.add_parser(
         "pull", help="download a model's weights into the hub cache and check they load")
     pull.add_argument("model", metavar="KEY|HUB_ID",
@@ -34,10 +36,7 @@ def add_parser(commands) -> None:
                       help="branch, tag or commit to serve (default main). The daemon reads "
                       "refs/main of its cache, so a pulled revision becomes what it serves")
     pull.add_argument("--config", default=None, help="registry file (default: as tsfmd serve)")
-    pull.add_argument("--state-dir", default=None,
-                      help="where the daemon keeps hub downloads (<dir>/hub); default: "
-                      "server.state_dir, else $STATE_DIRECTORY, else ~/.cache/tsfmd. "
-                      "The systemd unit's is /var/lib/tsfmd")
+    pull.add_argument("--state-dir", default=None, help=STATE_DIR_HELP)
     pull.set_defaults(handler=cmd_pull)
 
 
