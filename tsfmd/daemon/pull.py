@@ -67,6 +67,8 @@ def cmd_pull(args) -> int:
     try:
         snapshot, family = _download(source, args.revision, spec, state_dir, retry)
         summary = _load(family, source, spec, state_dir)
+    except KeyboardInterrupt:
+        return _fail(f"stopped; what was downloaded is kept: {retry} to resume", EXIT_FAILED)
     except Exception as exc:  # every failure ends as one sentence and exit 1
         return _fail(str(exc) or type(exc).__name__, EXIT_FAILED)
     print(f"{source}: {summary}")

@@ -40,13 +40,15 @@ def weights_info(location: Optional[Path], family_license: Optional[str] = None)
         return WeightsInfo(license=family_license or UNKNOWN)
     location = Path(location)
     directory = location if location.is_dir() else location.parent
-    files = weight_files(location)
-    counted = [safetensors_parameters(f) for f in files]
-    return WeightsInfo(
-        license=card_license(directory) or family_license or UNKNOWN,
-        parameters=sum(counted) if files and None not in counted else None,
-        weights_bytes=sum(f.stat().st_size for f in files) if files else None,
-    )
+    licence = card_license(directory) or family_license or UNKNOWN
+    try:
+        files = weight_files(location)
+        counted = [safetensors_parameters(f) for f in files]
+        size = sum(f.stat().st_size for f in files) if files else None
+    except OSError:  # a file gone or unreadable: say so, never fail the model for it
+        return WeightsInfo(license=licence)
+    return WeightsInfo(license=licence, weights_bytes=size,
+                       parameters=sum(counted) if files and None not in counted else None)
 
 
 def card_license(directory: Path) -> Optional[str]:
