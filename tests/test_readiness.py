@@ -45,8 +45,8 @@ def test_the_shipped_registry_is_ready_offline(shipped, caplog):
                         ("/timemoe-200m", "Maple728/TimeMoE-200M")):
         reply = server.post(route, {"input": list(range(64)), "next_len": 8})
         assert reply.status_code == 503
-        assert reply.json()["error"].endswith(f"fetch them with: hf download {repo} "
-                                              f"--cache-dir {hub}"), reply.text
+        assert reply.json()["error"].endswith(f"fetch them with: tsfmd pull {repo} "
+                                              f"--state-dir {state}"), reply.text
 
     started = caplog.get_records("setup")  # the fixture started the daemon
     failures = [r for r in started if "failed to load" in r.getMessage()]
@@ -54,8 +54,8 @@ def test_the_shipped_registry_is_ready_offline(shipped, caplog):
     assert {r.levelname for r in failures} == {"WARNING"}
     assert not [r for r in started + caplog.records if r.levelno >= logging.ERROR]
 
-    # The command's --cache-dir is where tsfmd looks: weights put there (as `hf download`
-    # leaves them; here the tiny test checkpoint) load at the next reload.
+    # The command's --state-dir is where tsfmd looks: weights put in its hub cache (as
+    # `tsfmd pull` leaves them; here the tiny test checkpoint) load at the next reload.
     put_in_hub_cache(hub, "Maple728/TimeMoE-50M", FIXTURES / "timemoe" / "tiny")
     assert server.daemon.reload() is True
     assert server.daemon.status()["reloads"]["last_changes"]["retried"] == ["timemoe-fc"]

@@ -185,7 +185,7 @@ def test_check_names_a_hub_id_not_in_the_cache_and_the_command_that_fetches_it(t
               "  spare:\n    family: time-moe\n    source: nobody/other\n    required: false\n")
     result, path, state = check_with_state(tmp_path, models)
     assert result.returncode == 1
-    fetch = f"fetch them with: hf download nobody/time-moe-tiny --cache-dir {state / 'hub'}"
+    fetch = f"fetch them with: tsfmd pull nobody/time-moe-tiny --state-dir {state}"
     assert (f"error: {path}: models.moe would fail to load: weights not found for "
             f"nobody/time-moe-tiny: not in {state / 'hub'}") in result.stderr
     assert fetch in result.stderr

@@ -257,7 +257,7 @@ def test_noop_reload_reports_no_change_and_never_goes_to_the_network(
     life = daemon(entry("a") + entry("hubbed", "nobody/fracast-copy", "    required: false\n"))
     failed = handles(life)["hubbed"]
     assert failed.status == FAILED and hub_calls == ["nobody/fracast-copy"]  # the start tried
-    assert f"hf download nobody/fracast-copy --cache-dir {state_dir / 'hub'}" in failed.reason
+    assert f"tsfmd pull nobody/fracast-copy --state-dir {state_dir}" in failed.reason
     before = dict(handles(life))
     hub_calls.clear()
 
@@ -268,7 +268,7 @@ def test_noop_reload_reports_no_change_and_never_goes_to_the_network(
     assert not any(changes[kind] for kind in changes if kind != "unchanged")
     assert hub_calls == []
 
-    # The weights arrive where the 503 said (as `hf download --cache-dir` leaves them):
+    # The weights arrive where the 503 said (as `tsfmd pull` leaves them):
     # the next reload loads them from the cache, reported as retried, not changed.
     put_in_hub_cache(state_dir / "hub", "nobody/fracast-copy", fracast_checkpoint(tmp_path / "fc"))
     assert life.daemon.reload() is True

@@ -12,6 +12,10 @@ from tsfmd.version import __version__
 
 log = logging.getLogger("tsfmd")
 
+STATE_DIR_HELP = ("where the daemon keeps hub downloads (<dir>/hub); default: server.state_dir, "
+                  "else $STATE_DIRECTORY, else ~/.cache/tsfmd. The systemd unit's is "
+                  "/var/lib/tsfmd")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -33,16 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a registry offline (like nginx -t)")
     check.add_argument("--config", default=None, help="registry file to check")
-    check.add_argument("--state-dir", default=None,
-                       help="where the daemon keeps hub downloads (<dir>/hub); default: "
-                       "server.state_dir, else $STATE_DIRECTORY, else ~/.cache/tsfmd. "
-                       "The systemd unit's is /var/lib/tsfmd")
+    check.add_argument("--state-dir", default=None, help=STATE_DIR_HELP)
     check.set_defaults(handler=cmd_check)
 
     # Sub-commands owned by other modules register themselves here, one line each.
-    from tsfmd.daemon import exit_report, install_unit, reload  # light: no torch, no Flask
+    from tsfmd.daemon import exit_report, install_unit, pull, reload  # light: no torch, no Flask
 
     reload.add_parser(commands)
+    pull.add_parser(commands)
     install_unit.add_parser(commands)
     exit_report.add_parser(commands)
     from tsfmd.anode import install as anode_adapters  # light: no torch, no Flask

@@ -23,6 +23,7 @@ from tsfmd.core.preflight import load_spec
 from tsfmd.core.request import ForecastRequest
 from tsfmd.core.registry import ModelSpec
 from tsfmd.families.hub import source_fingerprint
+from tsfmd.families.metadata import WeightsInfo, weights_info
 
 log = logging.getLogger("tsfmd.models")
 
@@ -54,6 +55,8 @@ class ModelHandle:
         self.source_seen: Optional[tuple] = None
         #: why the registry's newer version of this model did not load (this one serves on)
         self.change_error = ""
+        #: licence, parameter count and bytes of the weights (/v1/models)
+        self.weights = WeightsInfo()
         self.loaded = threading.Event()
 
     @property
@@ -66,10 +69,13 @@ class ModelHandle:
         spec = self.spec
         try:
             family = get_family(spec.family)
+            self.weights = WeightsInfo(license=family.license or WeightsInfo.license)
             problems = family.check_options(spec.options)
             if problems:
                 raise ModelLoadError("; ".join(problems))
-            model = family.load(load_spec(spec, self.state_dir, resolve_device(spec.device)))
+            loading = load_spec(spec, self.state_dir, resolve_device(spec.device))
+            model = family.load(loading)
+            self.weights = weights_info(family.weights_location(loading), family.license)
             model_caps = model.capabilities()
             model.warm_up()
             self._serve(model, model_caps, make_executor(model, spec.batching, spec.key))
@@ -100,6 +106,7 @@ class ModelHandle:
         handle = ModelHandle(spec, self.state_dir)
         handle.status, handle.reason = self.status, self.reason
         handle.source_seen, handle.load_seconds = self.source_seen, self.load_seconds
+        handle.weights = self.weights
         if self.model is not None:
             same = spec.batching == self.spec.batching
             executor = self.executor if same else make_executor(self.model, spec.batching,
@@ -144,6 +151,7 @@ class ModelHandle:
             "description": self.spec.description,
             "device": self.spec.device,
             "dtype": self.spec.dtype,
+            **self.weights.as_dict(),
         }
         if self.status == FAILED:
             info["reason"] = self.reason

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Hashable, List, Mapping, Optional, Sequence
 
@@ -114,6 +115,12 @@ class Family(abc.ABC):
     #: the `options:` this family takes: name -> the values allowed (a tuple) or their type.
     #: None leaves options to the family's own load; {} takes none.
     option_values: Optional[Mapping[str, Any]] = None
+    #: the licence of the family's published weights (SPDX-style, as model cards write it),
+    #: shown by /v1/models when the checkpoint's own card or config.json names none;
+    #: None: not known (shown as "unknown")
+    license: Optional[str] = None
+    #: the files a hub download fetches (`tsfmd pull`, the daemon): glob patterns; None: all
+    hub_patterns: Optional[Sequence[str]] = None
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> List[str]:
@@ -129,6 +136,17 @@ class Family(abc.ABC):
         from tsfmd.families.hub import resolve_model_dir  # sources imports this module
 
         resolve_model_dir(spec.source, spec.cache_dir, offline=True)
+
+    @classmethod
+    def weights_location(cls, spec: LoadSpec) -> Optional[Path]:
+        """The checkpoint directory (or the one weights file) `spec` loads, found offline;
+        None when it is not on this machine. /v1/models reads licence and sizes there."""
+        from tsfmd.families.hub import cached_snapshot, is_hub_id
+
+        local = Path(spec.source).expanduser()
+        if local.is_dir():
+            return local
+        return cached_snapshot(spec.source, spec.cache_dir) if is_hub_id(spec.source) else None
 
     @classmethod
     @abc.abstractmethod

@@ -29,7 +29,9 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.checkpoint import LIBRARY_LOCK, open_checkpoint, torch_dtype
+from tsfmd.families.checkpoint import (
+    HUB_PATTERNS, LIBRARY_LOCK, open_checkpoint, torch_dtype,
+)
 
 #: the pipelines accept any history; they scale by its mean and spread
 MIN_CONTEXT = 1
@@ -57,6 +59,8 @@ class _ChronosFamily(Family):
     #: dtype for `dtype: auto` on a GPU
     auto_cuda_dtype = "float32"
     option_values = {}
+    license = "apache-2.0"  # Chronos-Bolt's and Chronos-2's model cards
+    hub_patterns = HUB_PATTERNS
 
     def __init__(self, pipeline, caps: Capabilities):
         self._pipeline = pipeline

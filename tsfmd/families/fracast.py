@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -33,6 +33,19 @@ _NOT_INSTALLED = "the fracast package is not installed (pip install fracast)"
 class FracastFamily(Family):
     name = "fracast"
     option_values = {"weights": tuple(_WEIGHT_FILES)}
+    license = "Apache-2.0"  # the fracast wheel's License-Expression, weights included
+
+    @classmethod
+    def weights_location(cls, spec: LoadSpec) -> Optional[Path]:
+        """The one weights file `options.weights` picks (the wheel's own for "bundled")."""
+        name = _WEIGHT_FILES.get(str(spec.options.get("weights", "fp32")), "model.safetensors")
+        if spec.source == "bundled":
+            found = importlib.util.find_spec("fracast")
+            if found is None or not found.origin:
+                return None
+            return Path(found.origin).parent / "weights" / name
+        directory = super().weights_location(spec)
+        return None if directory is None else directory / name
 
     @classmethod
     def check_source(cls, spec: LoadSpec) -> None:

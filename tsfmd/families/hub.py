@@ -3,7 +3,8 @@
 Families call `resolve_model_dir` and get a local directory or a ModelLoadError whose text
 says where tsfmd looked and, for a hub id, the one command that puts the weights there.
 The hub is asked only when the source looks like a hub id, `offline` is false and
-HF_HUB_OFFLINE is not set; HF_ENDPOINT is honoured by huggingface_hub itself.
+HF_HUB_OFFLINE is not set; HF_ENDPOINT is honoured by huggingface_hub itself. `tsfmd pull`
+(tsfmd/daemon/pull.py, with hub_fetch.py) is how an operator fills the cache.
 `source_fingerprint` tells, without any network, whether a source's files are on this
 machine and whether they changed (a reload retries a failed model only then).
 """
@@ -53,9 +54,9 @@ def hub_cache_dir(cache_dir: Optional[str]) -> Optional[str]:
 
 
 def fetch_command(source: str, cache_dir: Optional[str]) -> str:
-    """The one command that puts hub id `source` where tsfmd looks for it."""
-    hub_cache = hub_cache_dir(cache_dir)
-    return f"hf download {source}" + (f" --cache-dir {hub_cache}" if hub_cache else "")
+    """The one command that puts hub id `source` where tsfmd looks for it (`tsfmd pull`
+    takes a registry key or the hub id, and finds the family's files and loader itself)."""
+    return f"tsfmd pull {source}" + (f" --state-dir {cache_dir}" if cache_dir else "")
 
 
 def _from_hub(source, cache_dir, required, allow_patterns, offline: bool) -> Path:
@@ -101,14 +102,26 @@ def source_fingerprint(source: str, cache_dir: Optional[str]) -> Optional[Tuple]
         return _files_of(local)
     if not is_hub_id(source):
         return None
-    try:
-        from huggingface_hub import snapshot_download
+    snapshot = cached_snapshot(source, cache_dir)
+    return None if snapshot is None else _files_of(snapshot)
 
-        found = snapshot_download(repo_id=source, cache_dir=hub_cache_dir(cache_dir),
-                                  local_files_only=True)
-    except Exception:  # not cached (huggingface_hub raises several error types here)
+
+def cached_snapshot(source: str, cache_dir: Optional[str]) -> Optional[Path]:
+    """The cache's snapshot directory that refs/main names, read straight from the cache
+    layout: huggingface_hub's own lookup refuses a snapshot that lacks any file of the
+    repository (its tree listing names them all), though a family needs only a few."""
+    hub_cache = hub_cache_dir(cache_dir)
+    if hub_cache is None:
+        from huggingface_hub import constants
+
+        hub_cache = constants.HF_HUB_CACHE
+    repo = Path(hub_cache) / ("models--" + source.replace("/", "--"))
+    try:
+        commit = (repo / "refs" / "main").read_text().strip()
+    except OSError:
         return None
-    return _files_of(Path(found))
+    snapshot = repo / "snapshots" / commit
+    return snapshot if commit and snapshot.is_dir() else None
 
 
 def _files_of(directory: Path) -> Optional[Tuple]:

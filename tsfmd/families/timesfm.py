@@ -29,7 +29,9 @@ import numpy as np
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.checkpoint import LIBRARY_LOCK, open_checkpoint, torch_dtype
+from tsfmd.families.checkpoint import (
+    HUB_PATTERNS, LIBRARY_LOCK, open_checkpoint, torch_dtype,
+)
 
 #: the model masks padding and scales by the history, so one point is enough
 MIN_CONTEXT = 1
@@ -41,6 +43,8 @@ MODEL_TYPE = "timesfm2_5"
 class TimesFm25Family(Family):
     name = "timesfm-2.5"
     option_values = {}
+    # license: not declared; TimesFM 2.5's card names it (pulled with the weights)
+    hub_patterns = HUB_PATTERNS
 
     @classmethod
     def check_source(cls, spec: LoadSpec) -> None:

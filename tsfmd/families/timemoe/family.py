@@ -73,6 +73,10 @@ def normalise(values: np.ndarray):
 class TimeMoeFamily(Family):
     name = "time-moe"
     option_values = {}
+    # Maple728/TimeMoE-50M and -200M's cards say apache-2.0 (their first README said mit;
+    # a pulled card's own `license:` wins over this)
+    license = "apache-2.0"
+    hub_patterns = (CONFIG_FILE, WEIGHTS_FILE, "generation_config.json")
 
     def __init__(self, model, caps: Capabilities):
         self._model = model
@@ -150,5 +154,5 @@ def _checkpoint_dir(spec: LoadSpec, offline: bool = False) -> Path:
     those and generation_config.json); `offline` never downloads."""
     return resolve_model_dir(
         spec.source, spec.cache_dir, required=(CONFIG_FILE, WEIGHTS_FILE),
-        allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, "generation_config.json"], offline=offline,
+        allow_patterns=list(TimeMoeFamily.hub_patterns), offline=offline,
     )
