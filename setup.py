@@ -35,6 +35,8 @@ setup(
         "numpy>=1.24",
         "safetensors>=0.4",
         "huggingface_hub>=0.23",
+        # the KServe time-series API's schema objects (validation and the OpenAPI document)
+        "pydantic>=2.5,<3",
         # The embedded default model: pretrained weights ship inside the wheel.
         "fracast>=0.1,<0.2",
     ],
