@@ -150,6 +150,10 @@ def create_app(
             described.append(info)
         return json_response({"models": described})
 
+    from tsfmd.api.kserve import kserve_blueprint  # here: kserve.py imports this module
+
+    app.register_blueprint(kserve_blueprint(models, admission))
+
     @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     @app.route("/<path:path>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     def model_route(path: str):
