@@ -64,6 +64,10 @@ def server(tmp_path_factory):
     source: {FIXTURES / 'timemoe' / 'tiny'}
     dtype: float32
     device: cpu
+  broken:
+    family: time-moe
+    source: {state / 'no-such-checkpoint'}
+    required: false
 """
     running = start_tsfmd(state, models, extra_server=f"  state_dir: {state}\n")
     yield running
@@ -156,10 +160,11 @@ def test_a_kserve_request_is_answered_in_kserve_schema(server):
                                "total_tokens": 60}
 
 
-def test_models_lists_every_registry_key(server):
+def test_models_lists_the_ready_models(server):
     r = server.get(MODELS)
     assert r.status_code == 200
-    assert r.json() == ["fracast-fc", "tfm-tiny", "tm-tiny"]  # KServe answers the bare names
+    # KServe answers the bare names of its loaded models: "broken" failed to load
+    assert r.json() == ["fracast-fc", "tfm-tiny", "tm-tiny"]
     KServeModelList.model_validate(r.json())
     error = error_of(requests.post(server.url + MODELS, timeout=30), 405)
     assert error["type"] == "method_not_allowed"
@@ -241,6 +246,12 @@ def test_an_unknown_model_is_404_naming_the_served_ones(server):
     error = error_of(r, 404)
     assert error["type"] == "model_not_found" and error["param"] == "model"
     assert "fracast-fc" in error["message"] and "'timesfm'" in error["message"]
+
+
+def test_a_model_that_failed_to_load_is_503_not_ready(server):
+    r = server.post(FORECAST, kserve_body("broken", [univariate(range(20))], 4))
+    error = error_of(r, 503)
+    assert error["type"] == "model_not_ready" and "broken" in error["message"]
 
 
 def _body(**changes):

@@ -2,7 +2,8 @@
 
   POST /v1/timeseries/forecast  -> {"model": <registry key>, "inputs": [series...],
                                     "options": {"horizon": H, "quantiles"?: [...]}}
-  GET  /v1/timeseries/models    -> ["<registry key>", ...] (KServe's answer is the bare list)
+  GET  /v1/timeseries/models    -> ["<registry key>", ...]: the models ready to forecast
+                                   (KServe's answer is the bare list of names)
 
 The schema is KServe's (tsfmd/api/kserve_schema.py). A KServe model name is a tsfmd registry
 key. The series of one request go through the model's executor concurrently (at most as many
@@ -48,7 +49,7 @@ from tsfmd.api.tdgpt import decode_body
 from tsfmd.core import errors
 from tsfmd.core.admission import Admission
 from tsfmd.core.intervals import quantile_at
-from tsfmd.core.models import ModelHandle, Models
+from tsfmd.core.models import READY, ModelHandle, Models
 from tsfmd.core.request import ForecastRequest, finite, in_request_units, prepare
 from tsfmd.daemon.waitress_hooks import ARRIVED
 from tsfmd.daemon.wire import too_large_message
@@ -98,7 +99,9 @@ def kserve_blueprint(models: Models, admission: Admission) -> Blueprint:
     def list_models():
         if request.method != "GET":
             raise http.HttpError(405, f"{MODELS_PATH} takes GET", {"Allow": "GET"})
-        names = KServeModelList(sorted(models.table.handles))
+        # as KServe lists the models it has loaded; each one's state is in GET /v1/models
+        names = KServeModelList(sorted(key for key, handle in models.table.handles.items()
+                                       if handle.status == READY))
         return Response(names.model_dump_json(), mimetype="application/json")
 
     @bp.errorhandler(errors.ServeError)
@@ -460,7 +463,8 @@ register(
         summary="The models the KServe time-series API serves (their names)",
         responses={200: KServeModelList, 405: KServeErrorResponse},
         error_media_type="application/json",
-        description="The registry keys, as KServe lists its time-series models: a JSON "
-                    "array of names. Their state is in GET /v1/models.",
+        description="The registry keys of the models ready to forecast, as KServe lists "
+                    "its loaded time-series models: a JSON array of names. Every model's "
+                    "state is in GET /v1/models.",
     ),
 )
