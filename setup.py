@@ -39,6 +39,8 @@ setup(
         "huggingface_hub>=0.23",
         # /metrics (tsfmd/api/metrics.py); 0.20 has disable_created_metrics
         "prometheus_client>=0.20,<1",
+        # the KServe time-series API's schema objects (validation and the OpenAPI document)
+        "pydantic>=2.5,<3",
         # The embedded default model: pretrained weights ship inside the wheel.
         "fracast>=0.1,<0.2",
     ],

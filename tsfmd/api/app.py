@@ -159,6 +159,9 @@ def create_app(
         return json_response({"models": described})
 
     app.register_blueprint(ui.blueprint)  # the web page at / and its files under /ui/
+    from tsfmd.api.kserve import kserve_blueprint  # here: kserve.py imports this module
+
+    app.register_blueprint(kserve_blueprint(models, admission))
 
     # "/" itself is the web page's: no registry route may be "/" (core/registry.py)
     @app.route("/<path:path>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
