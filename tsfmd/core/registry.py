@@ -18,7 +18,7 @@ import yaml
 from tsfmd.families import family_names
 
 #: the paths tsfmd answers itself; a model route may not take them
-RESERVED_ROUTES = ("/healthz", "/readyz", "/v1", "/metrics")
+RESERVED_ROUTES = ("/healthz", "/readyz", "/v1", "/metrics", "/openapi.json", "/docs")
 _ROUTE = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
