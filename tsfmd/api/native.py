@@ -91,10 +91,17 @@ class Parameters(BaseModel):
         "its own, so only false is served")
 
 
+EXAMPLE = {
+    "inputs": [{"target": [1.0, 2.0, 3.0, 2.0, 0.5, 2.0, 3.0, 2.0, 1.0, 2.0, 3.0, 2.0],
+                "item_id": "product_A", "start": "2024-01-01T01:00:00"}],
+    "parameters": {"prediction_length": 4, "freq": "1h", "quantile_levels": [0.1, 0.5, 0.9]},
+}
+
+
 class ForecastBody(BaseModel):
     """The request of Amazon's Chronos-2 SageMaker endpoint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE]})
     inputs: List[SeriesIn] = Field(..., min_length=1, max_length=MAX_SERIES)
     parameters: Parameters = Field(default_factory=Parameters)
 
