@@ -37,7 +37,7 @@ from tsfmd.api import operations
 from tsfmd.api.forecasting import forecast_series
 from tsfmd.api.openapi import docs_api
 from tsfmd.api.problem import answer_errors_as_problems
-from tsfmd.api.tdgpt import decode_body
+from tsfmd.api.tdgpt import MAX_MISSING_SHARE, decode_body  # one rule for missing values
 from tsfmd.core.admission import Admission
 from tsfmd.core.errors import BadInput, NotFound, Unsupported
 from tsfmd.core.intervals import quantile_at
@@ -48,8 +48,6 @@ from tsfmd.families.base import Capabilities, SeriesInput
 #: Amazon's endpoint takes at most this many series a request
 MAX_SERIES = 1000
 DEFAULT_LEVELS = (0.1, 0.5, 0.9)
-#: at most this share of `target` may be missing (null) and still be filled, as TDgpt's
-MAX_MISSING_SHARE = 0.1
 
 _Number = float  # strict validation: a JSON integer or float, never a string or boolean
 
