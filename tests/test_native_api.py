@@ -201,7 +201,7 @@ def test_covariate_mistakes_name_the_covariate(server, past, future, field, word
     assert words in problem["detail"], problem
 
 
-def test_bad_json_unknown_key_and_wrong_method(server):
+def test_bad_json_unknown_key_wrong_method_and_encoding(server):
     url = f"{server.url}/v1/models/fracast-fc/forecast"
     broken = requests.post(url, data=b'{"inputs": [', timeout=30)
     assert "not valid JSON" in problem_of(broken, 400)["detail"]
@@ -210,6 +210,9 @@ def test_bad_json_unknown_key_and_wrong_method(server):
     wrong = requests.get(url, timeout=30)
     problem_of(wrong, 405)
     assert wrong.headers["Allow"] == "POST"
+    packed = requests.post(url, data=b"\x1f\x8b", headers={"Content-Encoding": "gzip"},
+                           timeout=30)
+    assert "gzip" in problem_of(packed, 415)["detail"]
 
 
 def test_unavailable_and_overloaded_answer_503_with_retry_after(server):
