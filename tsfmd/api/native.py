@@ -129,8 +129,8 @@ operations.register(operations.Operation(
     method="post", path="/v1/models/{key}/forecast", tag="native",
     summary="Forecast many series (Amazon Chronos-2 endpoint payload)",
     description=__doc__.split("\n\n")[1], request=ForecastBody,
-    responses={200: ForecastAnswer, 400: None, 404: None, 413: None, 415: None, 503: None,
-               504: None},
+    responses={200: ForecastAnswer, 400: None, 404: None, 405: None, 413: None, 415: None,
+               503: None, 504: None},
     parameters=(KEY_PARAMETER,)))
 
 
