@@ -43,10 +43,12 @@ setup(
         "pydantic>=2.5,<3",
         # The embedded default model: pretrained weights ship inside the wheel.
         "fracast>=0.1,<0.2",
+        # The native API's request schemas: they validate requests and are /openapi.json
+        "pydantic>=2.5,<3",
     ],
     extras_require={
         "chronos": ["chronos-forecasting>=2.2,<3"],
-        "test": ["pytest>=8", "chronos-forecasting>=2.2,<3"],
+        "test": ["pytest>=8", "chronos-forecasting>=2.2,<3", "schemathesis>=4.1,<5"],
     },
     entry_points={"console_scripts": ["tsfmd = tsfmd.cli:main"]},
 )

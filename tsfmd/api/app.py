@@ -24,7 +24,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from tsfmd.core import errors
 from tsfmd.core.admission import Admission
 from tsfmd.api import ui
+from tsfmd.api.forecasting import forecast_series
 from tsfmd.api.metrics import metrics_blueprint, note_model
+from tsfmd.api.native import native_api
 from tsfmd.api.tdgpt import decode_body, parse_request, success_reply
 from tsfmd.core.models import READY, Models
 from tsfmd.daemon.waitress_hooks import ARRIVED
@@ -81,6 +83,7 @@ def create_app(
     admission = admission or Admission()
     app = Flask("tsfmd")
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
+    app.extensions["tsfmd.admission"] = admission  # the one budget every API admits through
 
     @app.before_request
     def _start_timer():
@@ -158,6 +161,7 @@ def create_app(
             described.append(info)
         return json_response({"models": described})
 
+    app.register_blueprint(native_api(models, admission, max_request_bytes))
     app.register_blueprint(ui.blueprint)  # the web page at / and its files under /ui/
     from tsfmd.api.kserve import kserve_blueprint  # here: kserve.py imports this module
 
@@ -177,21 +181,14 @@ def create_app(
                 405, f"{route} serves model {handle.key}: POST a JSON forecast request",
                 {"Allow": "POST"},
             )
-        caps = handle.ready_capabilities()
-        # Admission first: over its budget the request gets 503 + Retry-After at once, before
-        # its body is parsed and before it waits on the model (tsfmd/core/admission.py).
-        ticket = admission.enter(handle.key, handle.executor)
-        try:
-            forecast_request = parse_request(_json_body(), caps, handle.key)
-            # waitress's hang-up probe (see server.py, channel_request_lookahead)
-            gone = request.environ.get("waitress.client_disconnected")
-            arrived = request.environ.get(ARRIVED)  # the deadline counts from here
-            forecast = handle.submit(forecast_request, gone, arrived)
-        except errors.Unsupported as exc:
-            raise errors.Unsupported(f"model {handle.key}: {exc}") from exc
-        finally:
-            ticket.release()
-        return json_response(success_reply(forecast_request, forecast, 0, caps))
+        # waitress's hang-up probe (see server.py, channel_request_lookahead)
+        gone = request.environ.get("waitress.client_disconnected")
+        arrived = request.environ.get(ARRIVED)  # the deadline counts from here
+        served = forecast_series(
+            handle, admission, lambda caps: [parse_request(_json_body(), caps, handle.key)],
+            gone, arrived)
+        return json_response(
+            success_reply(served.requests[0], served.forecasts[0], 0, served.caps))
 
     return app
 

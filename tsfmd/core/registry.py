@@ -19,7 +19,7 @@ from tsfmd.core import tokens as token_files
 from tsfmd.families import family_names
 
 #: the paths tsfmd answers itself; a model route may not take them
-RESERVED_ROUTES = ("/healthz", "/readyz", "/v1", "/metrics", "/ui")
+RESERVED_ROUTES = ("/healthz", "/readyz", "/v1", "/metrics", "/ui", "/openapi.json", "/docs")
 _ROUTE = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
