@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from tsfmd.core import errors
 from tsfmd.core.admission import Admission
@@ -40,8 +40,11 @@ class Served:
 def forecast_series(
     handle, admission: Admission, build: Callable[[Capabilities], Sequence[ForecastRequest]],
     disconnected: Optional[Callable[[], bool]] = None, arrived: Optional[float] = None,
+    per_series: Tuple[type, ...] = (),
 ) -> Served:
-    """Admit, build the requests (`build(caps)`), run them all, release: see the module."""
+    """Admit, build the requests (`build(caps)`), run them all, release: see the module.
+    Errors of the kinds in `per_series` (for an API that answers each series on its own,
+    like KServe's) are kept as that series' outcome instead of failing the request."""
     caps = handle.ready_capabilities()
     tickets = [admission.enter(handle.key, handle.executor)]  # before the body is parsed
     try:
@@ -50,7 +53,7 @@ def forecast_series(
                             admission.limit(handle.executor)))
         while len(tickets) < window:
             tickets.append(admission.enter(handle.key, handle.executor))
-        forecasts = _run_all(handle, requests, window, disconnected, arrived)
+        forecasts = _run_all(handle, requests, window, disconnected, arrived, per_series)
     except errors.Unsupported as exc:
         raise errors.Unsupported(f"model {handle.key}: {exc}", exc.field) from exc
     finally:
@@ -60,9 +63,9 @@ def forecast_series(
 
 
 def _run_all(handle, requests: List[ForecastRequest], window: int, disconnected,
-             arrived) -> List[Forecast]:
-    """Each request's forecast, `window` of them submitted at once."""
-    if len(requests) == 1:  # one series: on the request's own thread, as TDgpt's route
+             arrived, per_series: Tuple[type, ...] = ()) -> list:
+    """Each request's forecast (or its per-series error), `window` submitted at once."""
+    if len(requests) == 1 and not per_series:  # on the request's own thread, as TDgpt's
         return [handle.submit(requests[0], disconnected, arrived)]
     answers: List[Optional[Forecast]] = [None] * len(requests)
     failures: List[BaseException] = []
@@ -77,6 +80,8 @@ def _run_all(handle, requests: List[ForecastRequest], window: int, disconnected,
                 return
             try:
                 answers[index] = handle.submit(requests[index], disconnected, arrived)
+            except per_series as exc:  # this series' own answer; the others go on
+                answers[index] = exc
             except BaseException as exc:  # the first failure is the request's answer
                 with lock:
                     failures.append(exc)

@@ -26,13 +26,12 @@ from __future__ import annotations
 import calendar
 import logging
 import math
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http import HTTPStatus
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from flask import Blueprint, Response, request
@@ -40,6 +39,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from tsfmd.api import app as http
+from tsfmd.api.forecasting import forecast_series
 from tsfmd.api.kserve_schema import (
     KServeError, KServeErrorResponse, KServeForecastRequest, KServeForecastResponse,
     KServeModelList, KServeTimeSeriesType,
@@ -180,9 +180,17 @@ def _forecast(models: Models, admission: Admission) -> Response:
                       "'inputs' and 'options')", "")
     body = decode_body(raw)
     handle = _handle(models, body)
-    caps, checked, outcomes = _run_admitted(
-        handle, admission, lambda caps: _checked(_validated(body), caps, handle.key))
-    answer, failures = _answer(checked, caps, outcomes)
+    checked: List[_Checked] = []
+
+    def build(caps: Capabilities) -> List[ForecastRequest]:
+        checked.append(_checked(_validated(body), caps, handle.key))
+        return checked[0].requests
+
+    served = forecast_series(handle, admission, build,
+                             request.environ.get("waitress.client_disconnected"),
+                             request.environ.get(ARRIVED), per_series=_PER_SERIES)
+    outcomes = served.forecasts
+    answer, failures = _answer(checked[0], served.caps, outcomes)
     if len(failures) == len(outcomes):  # no series has a forecast: answer as its error
         raise failures[0]
     return Response(answer.model_dump_json(), mimetype="application/json")
@@ -284,64 +292,6 @@ def _values(series, i: int, caps: Capabilities, model: str) -> np.ndarray:
         raise Refused(f"{where}.series has {values.size} points; model {model} needs at "
                       f"least {caps.min_context}", f"{where}.series")
     return values
-
-
-# -- the forecast path ----------------------------------------------------------------------
-# PRIVATE STAND-IN for the shared helper (issue 12) that factors app.py model_route's path:
-# ready_capabilities -> admission.enter -> core.request.prepare -> handle.submit -> release.
-# At merge the lead swaps `_run_admitted` for that helper; only this block depends on it.
-
-def _run_admitted(handle: ModelHandle, admission: Admission,
-                  check: Callable[[Capabilities], "_Checked"]):
-    """(caps, checked request, one Forecast or per-series error per series), as TDgpt's
-    route runs one: the model must be ready, admission is asked before the request is
-    checked, and its ticket is given back however the forecasts end."""
-    caps = handle.ready_capabilities()
-    ticket = admission.enter(handle.key, handle.executor)
-    try:
-        checked = check(caps)
-        gone = request.environ.get("waitress.client_disconnected")
-        arrived = request.environ.get(ARRIVED)  # every series' deadline counts from here
-        outcomes = submit_all(handle, checked.requests, gone, arrived)
-    finally:
-        ticket.release()
-    return caps, checked, outcomes
-
-
-def submit_all(handle: ModelHandle, prepared: Sequence[ForecastRequest], gone, arrived):
-    """Submit every request to the model's executor, as many at once as one batch runs
-    (more would only wait in its queue, crowding out other callers). Each outcome is a
-    Forecast or the per-series error it raised; any other error stops the rest and is
-    raised (overload, deadline, an unready model: the request as a whole fails)."""
-    outcomes: list = [None] * len(prepared)
-    pending = iter(range(len(prepared)))
-    lock = threading.Lock()
-    fatal: list = []
-
-    def work():
-        while True:
-            with lock:
-                index = None if fatal else next(pending, None)
-            if index is None:
-                return
-            try:
-                outcomes[index] = handle.submit(prepared[index], gone, arrived)
-            except _PER_SERIES as exc:
-                outcomes[index] = exc
-            except Exception as exc:  # noqa: BLE001 - raised below, on the request's thread
-                with lock:
-                    fatal.append(exc)
-
-    helpers = [threading.Thread(target=work, name=f"kserve-{handle.key}", daemon=True)
-               for _ in range(min(len(prepared), max(1, handle.executor.running_slots)) - 1)]
-    for thread in helpers:
-        thread.start()
-    work()
-    for thread in helpers:
-        thread.join()
-    if fatal:
-        raise fatal[0]
-    return outcomes
 
 
 # -- the answer -----------------------------------------------------------------------------
