@@ -77,7 +77,8 @@ def child(loader: str, dtype: str, first: str, second: str) -> None:
     print(json.dumps({
         "load_s": load_s, "peak": peak, "steady": steady, "reload_peak": reload_peak,
         "both_steady": both, "weights": params, "rss_file": now["RssFile"],
-        "dtype": str(fam.model.compute_dtype).replace("torch.", ""),
+        # the feed-forward's dtype (attention and norms stay float32 on CPUs)
+        "dtype": str(family_module.resolve_dtype(dtype, "cpu")).replace("torch.", ""),
     }), flush=True)
 
 
@@ -147,7 +148,7 @@ def main() -> None:
                 rows.append(r)
                 print(json.dumps(r), flush=True)
     print()
-    print("| config | loader | file MB | dtype | weights MB | load peak MB | steady MB "
+    print("| config | loader | file MB | ffn dtype | weights MB | load peak MB | steady MB "
           "| reload peak (2 models) MB | load s | ready s | target MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
