@@ -6,6 +6,11 @@ q_proj.weight`, `lm_heads.0.out_layer.weight`, ...). `load_model` checks that th
 exactly the keys and shapes the config implies (an error names what is missing, unexpected
 or misshapen), then fuses them into model.py's layout. No code from the checkpoint runs.
 
+Loading is lean (issue 14): the keys and shapes are checked from the safetensors header,
+the module is built on the meta device, and each fused tensor is allocated once, in its
+final dtype, and filled from the memory-mapped file, so a load peaks near one copy of the
+weights (benchmarks/load_memory.py). No parameter stays backed by the file.
+
 `write_random_checkpoint` writes a random-weight checkpoint in the official layout (the
 original's initialisation: normal(0, initializer_range) products, zero biases, unit norms),
 for tests and benchmarks that need a model of a released size without downloading it.
