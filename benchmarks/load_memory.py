@@ -1,7 +1,8 @@
 """Issue 14, lean loading: peak and steady RSS, and start-to-ready time, of Time-MoE loads.
 
     flock /tmp/tsfmd-bench.lock .venv/bin/python benchmarks/load_memory.py
-    flock /tmp/tsfmd-bench.lock .venv/bin/python benchmarks/load_memory.py --configs 50M --dtype float32
+    flock /tmp/tsfmd-bench.lock .venv/bin/python benchmarks/load_memory.py --configs 50M \
+        --dtype float32
 
 Writes random-weight checkpoints of the released 50M and 200M configs (official layout,
 bfloat16 tensors like the released files; `--file-dtype float32` for float32 files) to a

@@ -162,14 +162,18 @@ def read_config(directory: Union[str, Path]) -> TimeMoeConfig:
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
-def native_layout(cfg: TimeMoeConfig) -> Dict[str, Tuple[Tuple[int, ...], List[Tuple[str, tuple]]]]:
+Layout = Dict[str, Tuple[Tuple[int, ...], List[Tuple[str, tuple]]]]
+
+
+def native_layout(cfg: TimeMoeConfig) -> Layout:
     """model.py's parameters -> (shape, [(official key, where it goes)]), in file order of
     layers: `where` indexes the native tensor (() is all of it); the official tensor is
     reshaped to that part's shape ([h, 1] embeddings -> [h]). The same fusion as
     `to_native`, written as copies into one tensor instead of torch.cat/stack."""
     h, inner, ex = cfg.hidden_size, cfg.intermediate_size, cfg.expert_intermediate_size
-    q_width, kv_width = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    out: Dict[str, Tuple[Tuple[int, ...], List[Tuple[str, tuple]]]] = {
+    q_width = cfg.num_attention_heads * cfg.head_dim
+    kv_width = cfg.num_key_value_heads * cfg.head_dim
+    out: Layout = {
         "embed_value": ((h,), [("model.embed_layer.emb_layer.weight", ())]),
         "embed_gate": ((h,), [("model.embed_layer.gate_layer.weight", ())]),
         "norm.weight": ((h,), [("model.norm.weight", ())]),
@@ -202,15 +206,15 @@ def native_layout(cfg: TimeMoeConfig) -> Dict[str, Tuple[Tuple[int, ...], List[T
         out[n + "attn.wo.weight"] = ((h, q_width), [(attn + "o_proj.weight", ())])
         ffn = p + "ffn_layer."
         if cfg.use_dense:
-            parts = swiglu(ffn, n + "ffn.mlp.", inner)
-            out[n + "ffn.mlp.gate_up.weight"] = ((2 * inner, h), parts[n + "ffn.mlp.gate_up.weight"])
-            out[n + "ffn.mlp.down.weight"] = ((h, inner), parts[n + "ffn.mlp.down.weight"])
+            parts = swiglu(ffn, "", inner)
+            out[n + "ffn.mlp.gate_up.weight"] = ((2 * inner, h), parts["gate_up.weight"])
+            out[n + "ffn.mlp.down.weight"] = ((h, inner), parts["down.weight"])
             continue
         out[n + "ffn.router.weight"] = ((cfg.num_experts + 1, h), rows(
             [ffn + "gate.weight", ffn + "shared_expert_gate.weight"], [cfg.num_experts, 1]))
-        parts = swiglu(ffn + "shared_expert.", n + "ffn.shared.", inner)
-        out[n + "ffn.shared.gate_up.weight"] = ((2 * inner, h), parts[n + "ffn.shared.gate_up.weight"])
-        out[n + "ffn.shared.down.weight"] = ((h, inner), parts[n + "ffn.shared.down.weight"])
+        parts = swiglu(ffn + "shared_expert.", "", inner)
+        out[n + "ffn.shared.gate_up.weight"] = ((2 * inner, h), parts["gate_up.weight"])
+        out[n + "ffn.shared.down.weight"] = ((h, inner), parts["down.weight"])
         gate_up, down = [], []
         for e in range(cfg.num_experts):
             parts = swiglu(f"{ffn}experts.{e}.", "", ex, (e,))
