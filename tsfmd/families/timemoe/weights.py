@@ -6,6 +6,11 @@ q_proj.weight`, `lm_heads.0.out_layer.weight`, ...). `load_model` checks that th
 exactly the keys and shapes the config implies (an error names what is missing, unexpected
 or misshapen), then fuses them into model.py's layout. No code from the checkpoint runs.
 
+Loading is lean (issue 14): the keys and shapes are checked from the safetensors header,
+the module is built on the meta device, and each fused tensor is allocated once, in its
+final dtype, and filled from the memory-mapped file, so a load peaks near one copy of the
+weights (benchmarks/load_memory.py). No parameter stays backed by the file.
+
 `write_random_checkpoint` writes a random-weight checkpoint in the official layout (the
 original's initialisation: normal(0, initializer_range) products, zero biases, unit norms),
 for tests and benchmarks that need a model of a released size without downloading it.
@@ -14,11 +19,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 # at module level, so that tsfmd.families.get_family imports it under its lock
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from tsfmd.families.timemoe.config import TimeMoeConfig
@@ -79,13 +84,18 @@ def _swiglu_shapes(prefix: str, hidden: int, inner: int) -> dict:
 
 def check_keys(cfg: TimeMoeConfig, tensors: Mapping[str, torch.Tensor]) -> None:
     """Strict matching: raise CheckpointError naming missing, unexpected, misshapen keys."""
+    check_shapes(cfg, {k: tuple(v.shape) for k, v in tensors.items()})
+
+
+def check_shapes(cfg: TimeMoeConfig, shapes: Mapping[str, Tuple[int, ...]]) -> None:
+    """check_keys on the shapes alone (a safetensors header): no tensor is read."""
     expected = official_shapes(cfg)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     misshapen = [
-        f"{k} is {tuple(tensors[k].shape)}, expected {expected[k]}"
-        for k in sorted(set(expected) & set(tensors))
-        if tuple(tensors[k].shape) != expected[k]
+        f"{k} is {tuple(shapes[k])}, expected {expected[k]}"
+        for k in sorted(set(expected) & set(shapes))
+        if tuple(shapes[k]) != expected[k]
     ]
     problems = []
     for what, items in (("missing", missing), ("unexpected", unexpected),
@@ -152,6 +162,84 @@ def read_config(directory: Union[str, Path]) -> TimeMoeConfig:
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
+Layout = Dict[str, Tuple[Tuple[int, ...], List[Tuple[str, tuple]]]]
+
+
+def native_layout(cfg: TimeMoeConfig) -> Layout:
+    """model.py's parameters -> (shape, [(official key, where it goes)]), in file order of
+    layers: `where` indexes the native tensor (() is all of it); the official tensor is
+    reshaped to that part's shape ([h, 1] embeddings -> [h]). The same fusion as
+    `to_native`, written as copies into one tensor instead of torch.cat/stack."""
+    h, inner, ex = cfg.hidden_size, cfg.intermediate_size, cfg.expert_intermediate_size
+    q_width = cfg.num_attention_heads * cfg.head_dim
+    kv_width = cfg.num_key_value_heads * cfg.head_dim
+    out: Layout = {
+        "embed_value": ((h,), [("model.embed_layer.emb_layer.weight", ())]),
+        "embed_gate": ((h,), [("model.embed_layer.gate_layer.weight", ())]),
+        "norm.weight": ((h,), [("model.norm.weight", ())]),
+    }
+
+    def rows(keys, widths, extra=()):
+        parts, at = [], 0
+        for key, width in zip(keys, widths):
+            parts.append((key, extra + (slice(at, at + width),)))
+            at += width
+        return parts
+
+    def swiglu(src, dst, width, extra=()):
+        return {
+            dst + "gate_up.weight": rows([src + "gate_proj.weight", src + "up_proj.weight"],
+                                         [width, width], extra),
+            dst + "down.weight": [(src + "down_proj.weight", extra)],
+        }
+
+    for i in range(cfg.num_hidden_layers):
+        p, n = f"model.layers.{i}.", f"layers.{i}."
+        attn = p + "self_attn."
+        widths = [q_width, kv_width, kv_width]
+        out[n + "attn_norm.weight"] = ((h,), [(p + "input_layernorm.weight", ())])
+        out[n + "ffn_norm.weight"] = ((h,), [(p + "post_attention_layernorm.weight", ())])
+        out[n + "attn.wqkv.weight"] = ((sum(widths), h),
+                                       rows([f"{attn}{x}_proj.weight" for x in "qkv"], widths))
+        out[n + "attn.wqkv.bias"] = ((sum(widths),),
+                                     rows([f"{attn}{x}_proj.bias" for x in "qkv"], widths))
+        out[n + "attn.wo.weight"] = ((h, q_width), [(attn + "o_proj.weight", ())])
+        ffn = p + "ffn_layer."
+        if cfg.use_dense:
+            parts = swiglu(ffn, "", inner)
+            out[n + "ffn.mlp.gate_up.weight"] = ((2 * inner, h), parts["gate_up.weight"])
+            out[n + "ffn.mlp.down.weight"] = ((h, inner), parts["down.weight"])
+            continue
+        out[n + "ffn.router.weight"] = ((cfg.num_experts + 1, h), rows(
+            [ffn + "gate.weight", ffn + "shared_expert_gate.weight"], [cfg.num_experts, 1]))
+        parts = swiglu(ffn + "shared_expert.", "", inner)
+        out[n + "ffn.shared.gate_up.weight"] = ((2 * inner, h), parts["gate_up.weight"])
+        out[n + "ffn.shared.down.weight"] = ((h, inner), parts["down.weight"])
+        gate_up, down = [], []
+        for e in range(cfg.num_experts):
+            parts = swiglu(f"{ffn}experts.{e}.", "", ex, (e,))
+            gate_up += parts["gate_up.weight"]
+            down += parts["down.weight"]
+        out[n + "ffn.gate_up"] = ((cfg.num_experts, 2 * ex, h), gate_up)
+        out[n + "ffn.down"] = ((cfg.num_experts, h, ex), down)
+    for j, horizon in enumerate(cfg.horizon_lengths):
+        out[f"heads.{j}.weight"] = ((horizon * cfg.input_size, h),
+                                    [(f"lm_heads.{j}.out_layer.weight", ())])
+    return out
+
+
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+
+
+def _group(name: str) -> str:
+    """Parameters read under one file mapping: one decoder layer, or the rest."""
+    return ".".join(name.split(".")[:2]) if name.startswith("layers.") else ""
+
+
 def load_model(
     directory: Union[str, Path],
     dtype: torch.dtype = torch.float32,
@@ -159,7 +247,61 @@ def load_model(
     attention_dtype: Optional[torch.dtype] = None,
 ) -> TimeMoe:
     """Build a TimeMoe from an official checkpoint directory, ready for inference.
-    `dtype` is the feed-forward's, `attention_dtype` attention's (default: `dtype`)."""
+    `dtype` is the feed-forward's, `attention_dtype` attention's (default: `dtype`).
+
+    Lean, like gpt-fast: the module is built on the meta device (no memory, no random
+    init), the keys and shapes are checked from the file's header alone, and each native
+    tensor is allocated once, in its final dtype, and filled straight from the
+    memory-mapped file (safetensors' safe_open maps it on CPU; a cast happens in that
+    copy, tensor by tensor), then put in place with load_state_dict(assign=True). Peak
+    memory is one copy of the weights plus the file pages of one layer: the file is mapped
+    once per layer and unmapped when the layer is done, since any live tensor from a
+    mapping keeps every page touched through it resident. No parameter stays backed by
+    the file (the fused layout needs copies for nearly all bytes anyway, and one
+    file-backed tensor would pin the whole mapping). `load_model_eager` is the old path,
+    kept as the reference."""
+    directory = Path(directory)
+    cfg = read_config(directory)
+    path = directory / WEIGHTS_FILE
+    with _open(path) as handle:
+        try:
+            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        except SafetensorError as exc:
+            raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    check_shapes(cfg, shapes)
+    with torch.device("meta"):
+        model = TimeMoe(cfg)
+    dtypes = model.compute_dtypes(dtype, attention_dtype)
+    layout = native_layout(cfg)
+    state: Dict[str, torch.Tensor] = {}
+    groups: Dict[str, List[str]] = {}
+    for name in layout:
+        groups.setdefault(_group(name), []).append(name)
+    for names in groups.values():
+        with _open(path) as handle:  # one mapping per layer: unmapped at the end of it
+            for name in names:
+                shape, parts = layout[name]
+                tensor = torch.empty(shape, dtype=dtypes.get(name, torch.float32))
+                for key, where in parts:
+                    part = tensor[where] if where else tensor
+                    part.copy_(handle.get_tensor(key).reshape(part.shape))
+                state[name] = tensor
+    model.load_state_dict(state, strict=True, assign=True)
+    del state
+    model.materialise_buffers()
+    model.set_compute_dtype(dtype, attention_dtype)  # a no-op: built in these dtypes
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_model_eager(
+    directory: Union[str, Path],
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    attention_dtype: Optional[torch.dtype] = None,
+) -> TimeMoe:
+    """The pre-issue-14 loader (whole file read, fused with torch.cat, copied into a
+    randomly initialised module, then cast): about three copies of the weights at peak.
+    Kept as the reference that tests and benchmarks/load_memory.py compare against."""
     directory = Path(directory)
     cfg = read_config(directory)
     path = directory / WEIGHTS_FILE

@@ -1,0 +1,164 @@
+"""Issue 14, lean loading: peak and steady RSS, and start-to-ready time, of Time-MoE loads.
+
+    flock /tmp/tsfmd-bench.lock .venv/bin/python benchmarks/load_memory.py
+    flock /tmp/tsfmd-bench.lock .venv/bin/python benchmarks/load_memory.py --configs 50M \
+        --dtype float32
+
+Writes random-weight checkpoints of the released 50M and 200M configs (official layout,
+bfloat16 tensors like the released files; `--file-dtype float32` for float32 files) to a
+temp dir, then loads each in a fresh subprocess through `TimeMoeFamily.load`, as a
+registry entry would, once with the old eager loader (`weights.load_model_eager`) and once
+with the lean one (`weights.load_model`). The child measures, from /proc/self/status:
+
+* baseline: VmRSS after importing torch and tsfmd (the peak counter is then reset with
+  /proc/self/clear_refs, so VmHWM afterwards is the load's own peak);
+* load peak: VmHWM after the load minus the baseline;
+* steady: VmRSS after the load (and gc) minus the baseline, i.e. what the model costs;
+* reload peak: with the first model still held (it would still serve), a second checkpoint
+  of the same config (other seed, i.e. a changed model) is loaded: VmHWM minus the
+  baseline, so the two models together at their worst;
+* load s: the load call alone; ready s: from starting the subprocess to the model being
+  ready (python start and imports included).
+
+weights = the bytes of the loaded parameters (dtype `auto` on a CPU without native
+bfloat16 is float32, so 2x the bfloat16 file). Target (issue 14): steady and load peak
+<= 1.2 x weights + 300 MB.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+def status() -> dict:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+def child(loader: str, dtype: str, first: str, second: str) -> None:
+    import torch  # noqa: F401
+    from tsfmd.families.base import LoadSpec
+    from tsfmd.families.timemoe import family as family_module, weights
+    if loader == "eager":
+        family_module.load_model = weights.load_model_eager
+    gc.collect()
+    base = status()["VmRSS"]
+    reset_peak()
+    t0 = time.perf_counter()
+    fam = family_module.TimeMoeFamily.load(LoadSpec(key="a", source=first, dtype=dtype))
+    load_s = time.perf_counter() - t0
+    peak = status()["VmHWM"] - base
+    print("READY", flush=True)
+    gc.collect()
+    now = status()
+    params = sum(p.numel() * p.element_size() for p in fam.model.parameters())
+    steady = now["VmRSS"] - base
+    reset_peak()
+    other = family_module.TimeMoeFamily.load(LoadSpec(key="b", source=second, dtype=dtype))
+    reload_peak = status()["VmHWM"] - base
+    gc.collect()
+    both = status()["VmRSS"] - base
+    assert other.model is not fam.model
+    print(json.dumps({
+        "load_s": load_s, "peak": peak, "steady": steady, "reload_peak": reload_peak,
+        "both_steady": both, "weights": params, "rss_file": now["RssFile"],
+        # the feed-forward's dtype (attention and norms stay float32 on CPUs)
+        "dtype": str(family_module.resolve_dtype(dtype, "cpu")).replace("torch.", ""),
+    }), flush=True)
+
+
+def run_child(loader, dtype, first, second) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", loader, dtype, str(first), str(second)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    ready = None
+    result = None
+    for line in proc.stdout:
+        if line.startswith("READY"):
+            ready = time.perf_counter() - start
+        elif line.startswith("{"):
+            result = json.loads(line)
+    if proc.wait() != 0 or result is None:
+        raise SystemExit(f"{loader} load of {first} failed")
+    result["ready_s"] = ready
+    return result
+
+
+def cpu_flags() -> str:
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "?")
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
+              "amx_bf16", "amx_int8")
+    return f"{model}; " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(*sys.argv[2:6])
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", default="50M,200M")
+    ap.add_argument("--dtype", default="auto", help="registry dtype (auto, float32, bfloat16)")
+    ap.add_argument("--file-dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--loaders", default="eager,lean")
+    args = ap.parse_args()
+
+    import torch
+    from tsfmd.families.timemoe.config import OFFICIAL
+    from tsfmd.families.timemoe.weights import WEIGHTS_FILE, write_random_checkpoint
+
+    print("CPU:", cpu_flags())
+    print(f"torch {torch.__version__}, registry dtype {args.dtype}, file dtype {args.file_dtype}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tsfmd-loadmem-") as tmp:
+        for size in args.configs.split(","):
+            dirs = []
+            for seed in (0, 1):
+                d = Path(tmp) / f"{size}-{seed}"
+                write_random_checkpoint(d, OFFICIAL[f"TimeMoE-{size}"], seed=seed,
+                                        dtype=getattr(torch, args.file_dtype))
+                dirs.append(d)
+            file_bytes = (dirs[0] / WEIGHTS_FILE).stat().st_size
+            for loader in args.loaders.split(","):
+                r = run_child(loader, args.dtype, dirs[0], dirs[1])
+                r.update(size=size, loader=loader, file=file_bytes)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+    print()
+    print("| config | loader | file MB | ffn dtype | weights MB | load peak MB | steady MB "
+          "| reload peak (2 models) MB | load s | ready s | target MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        target = 1.2 * r["weights"] + 300 * MB
+        print(f"| {r['size']} | {r['loader']} | {r['file'] / MB:.0f} | {r['dtype']} "
+              f"| {r['weights'] / MB:.0f} | {r['peak'] / MB:.0f} | {r['steady'] / MB:.0f} "
+              f"| {r['reload_peak'] / MB:.0f} | {r['load_s']:.2f} | {r['ready_s']:.2f} "
+              f"| {target / MB:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
