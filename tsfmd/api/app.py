@@ -24,9 +24,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from tsfmd.core import errors
 from tsfmd.core.admission import Admission
 from tsfmd.api import ui
+from tsfmd.api.kserve import kserve_blueprint
 from tsfmd.api.forecasting import forecast_series
 from tsfmd.api.metrics import metrics_blueprint, note_model
 from tsfmd.api.native import native_api
+from tsfmd.api.statuses import HttpError, retry_headers, status_of
 from tsfmd.api.tdgpt import decode_body, parse_request, success_reply
 from tsfmd.core.models import READY, Models
 from tsfmd.daemon.waitress_hooks import ARRIVED
@@ -34,33 +36,6 @@ from tsfmd.daemon.wire import too_large_message
 
 access_log = logging.getLogger("tsfmd.access")
 log = logging.getLogger("tsfmd.app")
-
-
-class HttpError(Exception):
-    """An answer about HTTP itself (a wrong method); domain errors live in tsfmd.core.errors."""
-
-    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-#: the one mapping from domain errors to TDgpt's HTTP statuses (most specific first)
-STATUS_OF = (
-    (errors.BadInput, 400),
-    (errors.NotFound, 404),
-    (errors.ClientGone, 499),  # nobody reads it; logged as nginx does
-    (errors.ModelFault, 500),
-    (errors.Overloaded, 503),
-    (errors.Unavailable, 503),
-    (errors.DeadlineExceeded, 504),
-)
-
-
-def status_of(exc: errors.ServeError) -> int:
-    for kind, status in STATUS_OF:
-        if isinstance(exc, kind):
-            return status
-    return 500
 
 
 def json_response(payload: dict, status: int = 200, headers: dict = None) -> Response:
@@ -103,10 +78,7 @@ def create_app(
 
     @app.errorhandler(errors.ServeError)
     def _serve_error(exc: errors.ServeError):
-        headers = {}
-        if exc.retry_after is not None:
-            headers["Retry-After"] = str(int(exc.retry_after))
-        return error_response(status_of(exc), exc.message, headers)
+        return error_response(status_of(exc), exc.message, retry_headers(exc.retry_after))
 
     @app.errorhandler(HttpError)
     def _http_only_error(exc: HttpError):
@@ -163,8 +135,6 @@ def create_app(
 
     app.register_blueprint(native_api(models, admission, max_request_bytes))
     app.register_blueprint(ui.blueprint)  # the web page at / and its files under /ui/
-    from tsfmd.api.kserve import kserve_blueprint  # here: kserve.py imports this module
-
     app.register_blueprint(kserve_blueprint(models, admission))
 
     # "/" itself is the web page's: no registry route may be "/" (core/registry.py)

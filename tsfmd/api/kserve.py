@@ -15,7 +15,7 @@ give: 400 with type "invalid_quantile". `mean_forecast` is what TDgpt's `output`
 median for quantile models, the model's point forecast otherwise.
 
 Errors are KServe's ErrorResponse, {"error": {"code": "<status>", "message", "param",
-"type"}}, with the HTTP status of tsfmd/api/app.py's STATUS_OF. A series that fails alone
+"type"}}, with the HTTP status of tsfmd/api/statuses.py's STATUS_OF. A series that fails alone
 after its model ran (a non-finite answer, a forecast beyond float64) fails only its own
 output: the answer is 200 with status "partial" and that output's status "error"; when
 every series fails the answer is that error. Overload, a deadline or an unready model fail
@@ -38,7 +38,8 @@ from flask import Blueprint, Response, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from tsfmd.api import app as http
+from tsfmd.api import statuses as http
+from tsfmd.api.statuses import retry_headers
 from tsfmd.api.forecasting import forecast_series
 from tsfmd.api.kserve_schema import (
     KServeError, KServeErrorResponse, KServeForecastRequest, KServeForecastResponse,
@@ -136,11 +137,8 @@ def error_answer(status: int, message: str, kind: str, param: Optional[str] = No
                  retry_after: Optional[int] = None, headers: Optional[dict] = None) -> Response:
     """KServe's ErrorResponse with `status` as HTTP status and as error.code."""
     body = KServeErrorResponse(error=_error(status, message, kind, param))
-    headers = dict(headers or {})
-    if retry_after is not None:
-        headers["Retry-After"] = str(int(retry_after))
-    return Response(body.model_dump_json(), status=status, headers=headers,
-                    mimetype="application/json")
+    return Response(body.model_dump_json(), status=status,
+                    headers=retry_headers(retry_after, headers), mimetype="application/json")
 
 
 def _error(status: int, message: str, kind: str, param: Optional[str] = None) -> KServeError:

@@ -37,6 +37,7 @@ from tsfmd.api import operations
 from tsfmd.api.forecasting import forecast_series
 from tsfmd.api.openapi import docs_api
 from tsfmd.api.problem import answer_errors_as_problems
+from tsfmd.api.statuses import HttpError
 from tsfmd.api.tdgpt import MAX_MISSING_SHARE, decode_body  # one rule for missing values
 from tsfmd.core.admission import Admission
 from tsfmd.core.errors import BadInput, NotFound, Unsupported
@@ -144,8 +145,6 @@ def native_api(models, admission: Optional[Admission] = None,
 
     @api.route("/v1/models/<key>/forecast", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     def forecast(key: str) -> Response:
-        from tsfmd.api.app import HttpError
-
         handle = models.table.handles.get(key)
         if handle is None:
             known = ", ".join(sorted(models.table.handles)) or "none"

@@ -3,7 +3,7 @@
 A problem names its kind (`type`, a link into the /docs page), its `title` (the HTTP
 status phrase), `status`, `detail` (the sentence a user reads) and, for a wrong request,
 `field`: where in the body it is wrong, e.g. "inputs[3].target[17]". `error` repeats the
-detail for clients that read tsfmd's plain {"error"} answers. Statuses come from app.py's
+detail for clients that read tsfmd's plain {"error"} answers. Statuses come from statuses.py's
 STATUS_OF, the one mapping from domain errors to HTTP; 503s carry Retry-After.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Optional
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from tsfmd.api.statuses import HttpError, retry_headers, status_of
 from tsfmd.core import errors
 
 MEDIA_TYPE = "application/problem+json"
@@ -59,15 +60,11 @@ def problem(status: int, detail: str, kind: str, field: Optional[str] = None,
             "detail": detail, "error": detail}
     if field:
         body["field"] = field
-    headers = dict(headers or {})
-    if retry_after is not None:
-        headers["Retry-After"] = str(int(retry_after))
-    return Response(json.dumps(body), status=status, headers=headers, mimetype=MEDIA_TYPE)
+    return Response(json.dumps(body), status=status, headers=retry_headers(retry_after, headers),
+                    mimetype=MEDIA_TYPE)
 
 
 def from_error(exc: errors.ServeError) -> Response:
-    from tsfmd.api.app import status_of  # app.py builds the blueprints that use this
-
     kind = next((name for cls, name in _KINDS if isinstance(exc, cls)), "internal")
     status = status_of(exc)
     retry = exc.retry_after
@@ -78,7 +75,6 @@ def from_error(exc: errors.ServeError) -> Response:
 
 def answer_errors_as_problems(blueprint: Blueprint, max_request_bytes: int) -> None:
     """Every error raised while serving `blueprint`'s routes answers as problem+json."""
-    from tsfmd.api.app import HttpError
     from tsfmd.daemon.wire import too_large_message
 
     blueprint.register_error_handler(errors.ServeError, from_error)

@@ -1,8 +1,8 @@
 """Domain errors: why tsfmd will not (or could not) answer a forecast, with no HTTP in them.
 
 Everything below the HTTP layer (request checks, the model table, executors, families)
-raises these; each API maps them to its own wire format once (`tsfmd/api/app.py` for TDgpt's
-JSON). `retry_after` is seconds, for the APIs that can say when to come back.
+raises these; `tsfmd/api/statuses.py` gives each its HTTP status once, and each API shapes
+its own error body around it. `retry_after` is seconds, for the APIs that can say when to come back.
 """
 from __future__ import annotations
 
