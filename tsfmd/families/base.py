@@ -126,6 +126,9 @@ class Family(abc.ABC):
     license: Optional[str] = None
     #: the files a hub download fetches (`tsfmd pull`, the daemon): glob patterns; None: all
     hub_patterns: Optional[Sequence[str]] = None
+    #: what the family's models do, known before any load: `tsfmd adapters install` writes
+    #: forecast adapters only for "forecast"; a loaded model says it in Capabilities.tasks
+    tasks: tuple = ("forecast",)
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> List[str]:

@@ -42,6 +42,7 @@ _NOT_INSTALLED = ("momentfm is not installed in this environment: give the entry
 class MomentFamily(Family):
     name = "moment"
     option_values = {}
+    tasks = ("impute",)
     license = "MIT"  # AutonLab's MOMENT-1 model cards
 
     def __init__(self, model, device: str, caps: Capabilities):
@@ -70,7 +71,7 @@ class MomentFamily(Family):
         model.init()
         model = model.to(device=spec.device, dtype=dtype).eval()  # eval: no dropout
         caps = Capabilities(
-            context_limit=WINDOW, horizon_limit=0, min_context=1, tasks=("impute",))
+            context_limit=WINDOW, horizon_limit=0, min_context=1, tasks=cls.tasks)
         return cls(model, spec.device, caps)
 
     def capabilities(self) -> Capabilities:
