@@ -70,7 +70,8 @@ def cmd_check(args) -> int:
 
     server = registry.server
     state_dir = args.state_dir or server.resolved_state_dir()
-    problems = {spec.key: load_problems(spec, state_dir) for spec in registry.enabled}
+    problems = {spec.key: load_problems(spec, state_dir, args.config)
+                for spec in registry.enabled}
     failing = [spec for spec in registry.enabled if problems[spec.key] and spec.required]
     verdict = "OK" if not failing else "valid, but models would not load"
     print(f"{path}: {verdict}: listen {server.host}:{server.port}, {len(registry.models)} "
