@@ -166,3 +166,147 @@ def test_env_problem_is_none_only_when_ready(tmp_path):
     assert env_state(gone, str(tmp_path)) == "missing"
     assert "its interpreter /nonexistent/python3 does not run here" in env_problem(
         gone, str(tmp_path))
+
+
+# -- real builds --------------------------------------------------------------------------
+
+
+def env_registry(tmp_path, environments, models=""):
+    """A registry file whose state dir is tmp_path/state; returns (config, state dir)."""
+    state = tmp_path / "state"
+    config = tmp_path / "tsfmd.yaml"
+    config.write_text(f"server:\n  state_dir: {state}\nenvironments:\n{environments}"
+                      f"models:\n  plain-fc:\n    family: fracast\n    source: bundled\n"
+                      f"{models}")
+    return config, state
+
+
+SIX = "  six:\n    requirements: [six==1.16.0]\n"
+SIX_MODEL = "  six-fc:\n    family: fracast\n    source: bundled\n    environment: six\n"
+
+
+def in_env(python, code):
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_build_list_rebuild_on_edit_and_up_to_date_without_pip(tmp_path):
+    config, state = env_registry(tmp_path, SIX, SIX_MODEL)
+    env = registry(config.read_text()).environment("six")
+    built = run_tsfmd("env", "build", "--config", str(config))
+    assert built.returncode == 0, built.stderr
+    assert "Successfully installed six-1.16.0" in built.stdout  # pip's own output streams
+    assert "tsfmd env build: environment six: ready at" in built.stdout
+    assert env_state(env, str(state)) == "ready"
+    first = python_for(env, str(state))
+    assert in_env(first, "import six, sys; print(six.__version__, sys.prefix)") == (
+        f"1.16.0 {first.parent.parent}")
+
+    listed = run_tsfmd("env", "list", "--config", str(config))
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "STATE", "PYTHON", "REQS", "PATH", "MODELS"]
+    version = "%d.%d.%d" % sys.version_info[:3]
+    assert row.split() == ["six", "ready", version, "1", f"{state}/envs/six", "six-fc"]
+
+    # a second build must not run pip: without pip in the env it would fail
+    site = Path(in_env(first, "import pip, os; print(os.path.dirname(pip.__path__[0]))"))
+    for item in site.glob("pip*"):
+        subprocess.run(["rm", "-rf", str(item)], check=True)
+    again = run_tsfmd("env", "build", "six", "--config", str(config))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == (
+        f"tsfmd env build: environment six: up to date ({state}/envs/six)")
+
+    config.write_text(config.read_text().replace("six==1.16.0", "six==1.15.0"))
+    edited = registry(config.read_text()).environment("six")
+    assert env_state(edited, str(state)) == "stale"
+    checked = run_tsfmd("check", "--config", str(config))
+    assert checked.returncode == 1
+    assert (f"models.six-fc would fail to load: environment six is stale: {state}/envs/six "
+            "was built for another spec (changed: requirements); build it with: tsfmd env "
+            f"build six --config {config} --state-dir {state}") in checked.stderr
+    assert "  env      six" in checked.stdout and " stale " in checked.stdout
+
+    rebuilt = run_tsfmd("env", "build", "--config", str(config))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    second = python_for(edited, str(state))
+    assert second != first and not first.parent.parent.exists()  # swapped, old one removed
+    assert in_env(second, "import six; print(six.__version__)") == "1.15.0"
+    assert run_tsfmd("check", "--config", str(config)).returncode == 0
+
+
+def test_a_rebuild_keeps_the_build_a_running_worker_uses(tmp_path):
+    config, state = env_registry(tmp_path, SIX)
+    assert run_tsfmd("env", "build", "--config", str(config)).returncode == 0
+    old = python_for(registry(config.read_text()).environment("six"), str(state))
+    # stands in for a worker: started the way the runner starts one, from python_for's path
+    worker = subprocess.Popen([str(old), "-c", "import sys; sys.stdin.read(); import six; "
+                               "print(six.__version__)"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        config.write_text(config.read_text().replace("six==1.16.0", "six==1.15.0"))
+        rebuilt = run_tsfmd("env", "build", "--config", str(config))
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert f"kept the previous build {old.parent.parent}: process(es) {worker.pid}" in (
+            rebuilt.stdout)
+        out, _ = worker.communicate("", timeout=60)  # imports from its own build, after the swap
+        assert (worker.returncode, out.strip()) == (0, "1.16.0")
+    finally:
+        worker.kill()
+    assert old.parent.parent.exists()
+    later = run_tsfmd("env", "build", "--config", str(config))
+    assert "up to date" in later.stdout
+    assert not old.parent.parent.exists()  # nobody runs from it any more
+
+
+def test_an_env_whose_pin_clashes_with_the_daemons(tmp_path):
+    import numpy
+
+    assert numpy.__version__.startswith("2.")
+    config, state = env_registry(tmp_path, "  old-numpy:\n    requirements: [numpy==1.25.2]\n")
+    built = run_tsfmd("env", "build", "old-numpy", "--config", str(config), timeout=600)
+    assert built.returncode == 0, built.stderr
+    python = python_for(registry(config.read_text()).environment("old-numpy"), str(state))
+    assert in_env(python, "import numpy; print(numpy.__version__)") == "1.25.2"
+    # its own site-packages only: none of the daemon's libraries leak in
+    assert in_env(python, "import importlib.util as u; print(u.find_spec('torch'), "
+                  "u.find_spec('flask'))") == "None None"
+
+
+def test_a_failed_build_is_never_ready_and_leaves_no_half_build(tmp_path):
+    config, state = env_registry(tmp_path, "  broken:\n    requirements: "
+                                 "[tsfmd-no-such-package==0.0.0]\n    pip_options: "
+                                 "[--no-index]\n")
+    env = registry(config.read_text()).environment("broken")
+    failed = run_tsfmd("env", "build", "--config", str(config))
+    assert failed.returncode == 1
+    assert "tsfmd env build: FAILED: environment broken: " in failed.stderr
+    assert "exited with 1" in failed.stderr
+    assert env_state(env, str(state)) == "missing"
+    assert sorted(p.name for p in (state / "envs").iterdir()) == [".broken.lock"]
+    listed = run_tsfmd("env", "list", "--config", str(config))
+    assert listed.returncode == 1 and " missing " in listed.stdout
+
+
+def test_a_stampless_venv_at_path_is_stale_then_updated_in_place(tmp_path):
+    own = tmp_path / "own-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(own)], check=True, timeout=120)
+    config, state = env_registry(tmp_path, f"  six:\n    requirements: [six==1.16.0]\n"
+                                 f"    path: {own}\n")
+    env = registry(config.read_text()).environment("six")
+    assert env_state(env, str(state)) == "stale"
+    assert "has no finished tsfmd build" in env_problem(env, str(state))
+    built = run_tsfmd("env", "build", "--config", str(config))
+    assert built.returncode == 0, built.stderr
+    assert env_state(env, str(state)) == "ready" and not own.is_symlink()
+    assert python_for(env, str(state)) == own / "bin" / "python"
+
+
+def test_env_build_names_an_unknown_environment(tmp_path):
+    config, _ = env_registry(tmp_path, SIX)
+    result = run_tsfmd("env", "build", "sixx", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config} defines no environment 'sixx' (defined: six)" in result.stderr
