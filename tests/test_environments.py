@@ -310,3 +310,15 @@ def test_env_build_names_an_unknown_environment(tmp_path):
     result = run_tsfmd("env", "build", "sixx", "--config", str(config))
     assert result.returncode == 2
     assert f"{config} defines no environment 'sixx' (defined: six)" in result.stderr
+
+
+def test_the_test_env_cache_builds_once_and_names_what_it_built(tmp_path, monkeypatch, capfd):
+    from envcache import environments_yaml, test_env
+
+    monkeypatch.setenv("TSFMD_TEST_ENVS", str(tmp_path / "cache"))
+    env = test_env("six", ["six==1.16.0"])
+    assert "Successfully installed six-1.16.0" in capfd.readouterr().out
+    assert test_env("six", ["six==1.16.0"]) == env
+    assert "test env: environment six: up to date" in capfd.readouterr().out
+    reg = registry(HEAD + environments_yaml(env) + MODELS.replace("moirai", "six"))
+    assert reg.environment("six") == env and env_state(env, None) == "ready"
