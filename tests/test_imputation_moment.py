@@ -3,9 +3,10 @@ loaded through tsfmd's moment family (a local directory, then a hub id from the 
 the family's imputation checked against momentfm's own model call on the same series.
 
 The environment (tests/envs/moment.txt: momentfm 0.1.4, transformers 4.33.3, numpy 1.25.2)
-cannot share tsfmd's, so the checks run in its python (tests/moment_env_probe.py) with
-only tsfmd's package on its path; this file, in tsfmd's environment, asserts on the
-numbers it prints. Under CI=true the environment is built when missing (tests/testenvs.py).
+cannot share tsfmd's, so it is built with tsfmd's own builder (tests/envcache.py: once per
+spec into $TSFMD_TEST_ENVS; a failed build fails the test, never a skip) and the checks run
+in its python (tests/moment_env_probe.py) with only tsfmd's package on its path, as a
+worker's; this file, in tsfmd's environment, asserts on the numbers it prints.
 """
 from __future__ import annotations
 
@@ -17,11 +18,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from envcache import test_env
 from hubcache import put_in_hub_cache
-from testenvs import env_python, family_path
+from tsfmd.envs import python_for
 
-PROBE = Path(__file__).parent / "moment_env_probe.py"
+TESTS = Path(__file__).parent
+PROBE = TESTS / "moment_env_probe.py"
+REQUIREMENTS = TESTS / "envs" / "moment.txt"
 HUB_ID = "AutonLab/MOMENT-1-small"
+
+
+def requirements() -> list:
+    lines = (line.split("#", 1)[0].strip() for line in REQUIREMENTS.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def moment_env():
+    """The moment environment's EnvironmentSpec, built now unless up to date."""
+    return test_env("moment", requirements())
+
+
+def family_path(directory: Path) -> str:
+    """A directory holding only a `tsfmd` link, as a worker's PYTHONPATH does."""
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / "tsfmd"
+    if not link.exists():
+        link.symlink_to(TESTS.resolve().parent / "tsfmd", target_is_directory=True)
+    return str(directory)
 
 
 def probe(python: Path, tmp: Path, *args: str) -> str:
@@ -35,7 +58,7 @@ def probe(python: Path, tmp: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    python = env_python("moment")
+    python = python_for(moment_env(), None)
     tmp = tmp_path_factory.mktemp("moment")
     probe(python, tmp, "build", str(tmp / "ckpt"))
     assert (tmp / "ckpt" / "config.json").exists()
@@ -94,3 +117,19 @@ def test_family_imports_without_its_library():
     assert family.check_options({}) == []
     with pytest.raises(ModelLoadError, match="weights not found"):
         family.check_source(LoadSpec(key="m", source="/nonexistent/moment"))
+
+
+def test_load_without_momentfm_says_which_environment_it_needs(tmp_path):
+    from tsfmd.families import get_family
+    from tsfmd.families.base import LoadSpec, ModelLoadError
+
+    source = tmp_path / "m"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(
+        {"t5_config": {"d_model": 32}, "patch_len": 8, "seq_len": 512}))
+    (source / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="momentfm is not installed .*environment:"):
+        get_family("moment").load(LoadSpec(key="m", source=str(source)))
+    (source / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ModelLoadError, match="is not a MOMENT checkpoint"):
+        get_family("moment").check_source(LoadSpec(key="m", source=str(source)))
