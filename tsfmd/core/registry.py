@@ -73,7 +73,9 @@ class AdapterSettings:
 #: around the same loaded model. `context_limit` is here because a family may keep that
 #: many points of its own history while it decodes (TimesFM does); `horizon_limit` is not:
 #: tsfmd alone enforces it, from the model's capabilities.
-LOAD_FIELDS = ("family", "source", "device", "dtype", "context_limit", "options")
+LOAD_FIELDS = ("family", "source", "device", "dtype", "context_limit", "options", "isolation")
+#: `isolation:` where a model runs: in the daemon's process, or in a worker process of its own
+ISOLATIONS = ("inprocess", "process")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class ModelSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    #: "process": a worker process on the daemon's own interpreter (tsfmd/runners)
+    isolation: str = "inprocess"
 
     @property
     def routes(self) -> Tuple[str, ...]:
@@ -245,6 +249,7 @@ _AUTH_FIELDS = {"tokens_file", "protect_tdgpt_routes", "adapter_token_file"}
 _MODEL_FIELDS = {
     "family", "source", "route", "aliases", "device", "dtype", "context_limit",
     "horizon_limit", "enabled", "required", "description", "options", "batching", "adapter",
+    "isolation",
 }
 _BATCHING_FIELDS = {"enabled", "max_batch", "max_wait_ms", "queue_size", "timeout_s"}
 _ADAPTER_FIELDS = {"connect_timeout_s", "read_timeout_s"}
@@ -436,6 +441,10 @@ class _Validator:
         if not isinstance(options, dict):
             self.problem(f"{where}.options", "must be a mapping")
             options = {}
+        isolation = self._str(entry, "isolation", where, "inprocess")
+        if isolation not in ISOLATIONS:
+            self.problem(f"{where}.isolation",
+                         f"must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         return ModelSpec(
             key=key,
             family=family,
@@ -452,6 +461,7 @@ class _Validator:
             options=dict(options),
             batching=self.batching(entry.get("batching"), f"{where}.batching"),
             adapter=self.adapter(entry.get("adapter"), f"{where}.adapter"),
+            isolation=isolation,
         )
 
     def batching(self, section: Any, where: str) -> BatchingSettings:
