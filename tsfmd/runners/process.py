@@ -60,6 +60,9 @@ class RestartPolicy:
     loop_deaths: int = 5  # this many deaths ...
     loop_window_s: float = 60.0  # ... within this many seconds: `failed`
     close_timeout_s: float = 5.0
+    #: keep one started worker with the family's libraries imported, so that a restart
+    #: only loads the weights (costs one idle interpreter with those libraries per model)
+    standby: bool = True
 
     def delay(self, recent_deaths: int) -> float:
         return min(self.max_delay_s, self.first_delay_s * 2 ** max(0, recent_deaths - 1))
@@ -157,6 +160,7 @@ class WorkerProcess:
         self._replies: "queue.Queue" = queue.Queue()
         self._call_lock = threading.Lock()
         self.dead = False
+        self.prepared = False  # a standby that has imported the family's libraries
         self.killed_because = ""  # set when the runner killed it on purpose
         self.stderr_tail: Deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self.started = time.monotonic()
@@ -272,6 +276,7 @@ class ProcessRunner:
         self.restarts = 0
         self._caps: Optional[Capabilities] = None
         self._worker: Optional[WorkerProcess] = None
+        self._standby: Optional[WorkerProcess] = None
         self._deaths: Deque[float] = collections.deque()
         self._closing = threading.Event()
         self._lock = threading.Lock()  # state changes
@@ -293,7 +298,9 @@ class ProcessRunner:
 
     def _start(self) -> Capabilities:
         began = time.monotonic()
-        worker = WorkerProcess(self.key, self.python, self._worker_ended)
+        worker, self._standby = self._standby, None
+        if worker is None or worker.dead:
+            worker = WorkerProcess(self.key, self.python, self._worker_ended)
         self._worker = worker
         request = {"op": "load", "target": self.target, "spec": dataclasses.asdict(self.spec)}
         try:
@@ -308,7 +315,32 @@ class ProcessRunner:
         self._load_seconds = time.monotonic() - began
         log.info("model %s: worker pid %d (%s) loaded it in %.1fs", self.key, worker.pid,
                  header.get("python", self.python), self._load_seconds)
+        if self.policy.standby:
+            threading.Thread(target=self._start_standby, name=f"standby-{self.key}",
+                             daemon=True).start()
         return protocol.capabilities_from(header["capabilities"])
+
+    def _start_standby(self) -> None:
+        """Start the next worker now, with the family's libraries imported: a restart then
+        costs the weights' load only."""
+        try:
+            spare = WorkerProcess(self.key, self.python, self._worker_ended)
+        except OSError as exc:
+            log.warning("model %s: no standby worker: %s", self.key, exc)
+            return
+        with self._lock:
+            if self._closing.is_set() or self._standby is not None:
+                spare.kill()
+                return
+            self._standby = spare
+        try:
+            header, _ = spare.call({"op": "prepare", "target": self.target})
+        except WorkerGone:
+            return  # it died; a restart starts a fresh worker instead
+        if not header.get("ok"):
+            log.warning("model %s: the standby worker could not import the family: %s",
+                        self.key, header.get("message"))
+        spare.prepared = True
 
     # -- serving ----------------------------------------------------------------------
 
@@ -425,12 +457,16 @@ class ProcessRunner:
     # -- reporting and closing --------------------------------------------------------
 
     def describe(self) -> dict:
+        standby = self._standby
         return {"isolation": self.kind, "python": self.python, "pid": self.pid,
-                "restarts": self.restarts}
+                "restarts": self.restarts,
+                "standby_pid": standby.pid if standby is not None and standby.prepared
+                and not standby.dead else None}
 
     def close(self) -> None:
         """End the worker (its memory goes back to the system); no restart follows."""
-        self._closing.set()
-        worker = self._worker
-        if worker is not None:
-            worker.stop(self.policy.close_timeout_s)
+        with self._lock:
+            self._closing.set()
+        for worker in (self._standby, self._worker):
+            if worker is not None:
+                worker.stop(self.policy.close_timeout_s)

@@ -2,7 +2,8 @@
 
 It loads one model and answers the daemon's frames (tsfmd/runners/protocol.py) on its
 stdin/stdout: `load` (import the family, load, warm up; answer the capabilities), `forecast`
-and `impute` (one batch each), `close`. Anything the family or its libraries print goes to
+and `impute` (one batch each), `close`; a standby worker first gets `prepare` (import the
+family's module and torch, so that a restart skips the interpreter's start and imports). Anything the family or its libraries print goes to
 stderr, which the daemon reads and logs: the reply pipe is a private copy of stdout, and
 fd 1 then points at stderr. The worker ends with the daemon: the kernel SIGKILLs it when
 the daemon dies (PR_SET_PDEATHSIG), it exits when its parent is not the daemon that
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import importlib.util
 import os
 import signal
 import sys
@@ -62,12 +64,21 @@ class Worker:
     def answer(self, header: dict, arrays):
         """(reply header, reply arrays) for one request frame."""
         op = header.get("op")
+        if op == "prepare":  # a standby worker: import now what a load will need
+            _family_class(header["target"])
+            if importlib.util.find_spec("torch") is not None:
+                import torch  # noqa: F401 (most families' library; seconds to import)
+            return {"ok": True, "pid": os.getpid()}, []
         if op == "load":
             spec = LoadSpec(**header["spec"])
             self.model = load_family(_family_class(header["target"]), spec)
             caps = protocol.capabilities_dict(self.model.capabilities())
             return {"ok": True, "capabilities": caps, "pid": os.getpid(),
                     "python": sys.executable}, []
+        if op == "close":
+            if self.model is not None:
+                self.model.close()
+            return {"ok": True}, []
         if self.model is None:
             raise RuntimeError(f"op {op!r} before a model was loaded")
         if op == "forecast":
@@ -77,9 +88,6 @@ class Worker:
             return dict(reply, ok=True), out
         if op == "impute":
             return {"ok": True}, run_impute(self.model, list(arrays))
-        if op == "close":
-            self.model.close()
-            return {"ok": True}, []
         raise protocol.ProtocolError(f"unknown op {op!r}")
 
 
