@@ -2,6 +2,8 @@
 
   build DIR            a tiny random MOMENT checkpoint, made and saved with momentfm's own
                        classes (MOMENTPipeline, a 2-layer T5 encoder of width 32)
+  impute SOURCE        the family's and momentfm's answers for the series (JSON, null for
+                       a gap) read from stdin
   compare SOURCE [CACHE_DIR]
                        load SOURCE through tsfmd's moment family (local directory, or a hub
                        id found in CACHE_DIR's hub cache) and through momentfm itself, impute
@@ -120,6 +122,22 @@ def compare(source: str, cache_dir: str = None) -> None:
     }))
 
 
+def impute(source: str) -> None:
+    from momentfm import MOMENTPipeline
+
+    from tsfmd.families import get_family
+    from tsfmd.families.base import LoadSpec
+
+    values = np.array([np.nan if v is None else v for v in json.load(sys.stdin)], dtype=float)
+    model = get_family("moment").load(LoadSpec(key="moment", source=source))
+    ref_model = MOMENTPipeline.from_pretrained(
+        source, model_kwargs={"task_name": "reconstruction"})
+    ref_model.init()
+    ref_model.eval()
+    print(json.dumps({"family": model.impute([values])[0].tolist(),
+                      "reference": reference(ref_model, values).tolist()}))
+
+
 def _json(values: np.ndarray) -> list:
     return [None if np.isnan(v) else float(v) for v in values]
 
@@ -127,5 +145,7 @@ def _json(values: np.ndarray) -> list:
 if __name__ == "__main__":
     if sys.argv[1] == "build":
         build(sys.argv[2])
+    elif sys.argv[1] == "impute":
+        impute(sys.argv[2])
     else:
         compare(*sys.argv[2:])

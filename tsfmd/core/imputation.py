@@ -9,7 +9,8 @@ The path every imputation API takes, below HTTP:
   the model's gate              one imputation at a time per loaded model, first come first
                                 served; a request that cannot start within the model's
                                 batching.timeout_s since it arrived gets Overloaded
-  runner.impute(series)         the runner (in-process, or the model's worker) runs it
+  runner.impute(series, deadline)  the runner (in-process, or the model's worker) runs it;
+                                a worker that misses the deadline is killed (504)
   check_answer                  one finite array per series, as long as it, every observed
                                 point exactly as sent; anything else is a ModelFault
 
@@ -53,12 +54,13 @@ def impute_series(
         series = [check_series(s, caps, handle.key, i) for i, s in enumerate(build(caps))]
         if not any(np.isnan(s).any() for s in series):
             return [s.copy() for s in series]  # nothing to fill: the model need not run
-        runner = _runner(handle)
+        runner = handle.runner
         gate = _gate(runner, handle)
-        gate._acquire(start_of(arrived, time.monotonic()) + gate.timeout_s, disconnected)
+        deadline = start_of(arrived, time.monotonic()) + gate.timeout_s
+        gate._acquire(deadline, disconnected)
         try:
             began = time.monotonic()
-            filled = runner.impute(series)
+            filled = runner.impute(series, deadline)  # a worker past it is replaced: 504
             gate.stats.record_batch(1, time.monotonic() - began)
         except errors.Unsupported as exc:  # the family's own refusal: say which model
             raise errors.Unsupported(f"model {handle.key}: {exc.message}", exc.field) from exc
@@ -110,13 +112,6 @@ def check_answer(series: Sequence[np.ndarray], filled, model: str) -> List[np.nd
             raise errors.ModelFault(f"model {model} changed observed points while imputing")
         answers.append(answer)
     return answers
-
-
-def _runner(handle):
-    """What runs the model: the handle's runner (tsfmd/runners/); a handle from before the
-    runners existed holds the family itself, which offers the same `impute`."""
-    runner = getattr(handle, "runner", None)
-    return runner if runner is not None else handle.model
 
 
 def _gate(runner, handle) -> SerialExecutor:
