@@ -61,3 +61,21 @@ def test_the_anodes_moment_adapter_is_pointed_at_tsfmd(tmp_path, era):
     code, _, err = adapters("uninstall", anode, config)
     assert code == 0, err
     assert config.read_bytes() == original
+
+
+def test_a_models_entry_for_moment_is_left_to_the_operator(tmp_path):
+    # TDgpt 3.4's taosanode.config.py lists moment in `models` (port 6066): that entry gives
+    # the URL, so install refuses and says to point the entry at tsfmd by hand
+    anode, config = make_anode(tmp_path, "config.py")
+    imputat = anode / "lib" / "taosanalytics" / "algo" / "imputat"
+    imputat.mkdir(parents=True)
+    (imputat / "moment.py").write_text(MOMENT_ADAPTER)
+    text = config.read_text().replace('models = {\n', 'models = {\n    "moment": {"script": '
+                                      '"moment-server.py", "port": 6066, "endpoint": '
+                                      '"/imputation", "required": False},\n', 1)
+    config.write_text(text)
+    registry = write_registry(tmp_path / "tsfmd.yaml", PORT, MODELS)
+    code, _, err = adapters("install", anode, config, registry)
+    assert code != 0
+    assert "models['moment'] gives moment its URL" in err and "point that entry" in err
+    assert config.read_text() == text
