@@ -274,3 +274,26 @@ def test_parse_body_builds_the_grid_of_moment_server():
     assert grid.values[0] == 1.0 and grid.values[2] == 3.0
     with pytest.raises(BadInput, match="not on the grid of freq 2H"):
         parse_body({"input": [1.0, 2.0], "ts": [start, start + hour], "freq": "2H"})
+
+
+def test_the_gate_of_a_retired_model_goes_with_it():
+    # a reload retires the old model: its one-at-a-time gate must not keep it alive
+    import gc
+    import weakref
+
+    from tsfmd.core import imputation
+    from tsfmd.core.registry import BatchingSettings
+
+    class Handle:
+        key = "m"
+
+        class spec:
+            batching = BatchingSettings()
+
+    model = LinearFillFamily()
+    gone = weakref.ref(model)
+    imputation._gate(model, Handle())
+    assert len(imputation._gates) >= 1
+    del model
+    gc.collect()
+    assert gone() is None

@@ -116,9 +116,10 @@ def check_answer(series: Sequence[np.ndarray], filled, model: str) -> List[np.nd
 
 def _gate(runner, handle) -> SerialExecutor:
     """The one-at-a-time gate of a loaded model, shared by every handle around it (a
-    settings-only reload keeps the model and its queue). Only its waiting is used."""
+    settings-only reload keeps the model and its queue). Only its waiting is used, so it
+    holds no reference to the runner: a retired model's memory and gate go together."""
     with _gates_lock:
         gate = _gates.get(runner)
         if gate is None:
-            gate = _gates[runner] = SerialExecutor(runner, handle.key, handle.spec.batching)
+            gate = _gates[runner] = SerialExecutor(None, handle.key, handle.spec.batching)
         return gate
