@@ -88,6 +88,11 @@ def test_an_edited_environment_changes_the_load_identity_of_its_models():
     assert before.model("moirai-fc").load_identity == same.model("moirai-fc").load_identity
 
 
+def edited(old, new):
+    """The good registry with one edit in its `environments:` section."""
+    return HEAD + ENVS.replace(old, new) + MODELS
+
+
 BROKEN = {
     "undefined environment": (
         HEAD + MODELS,
@@ -98,28 +103,28 @@ BROKEN = {
         "models.moirai-fc.environment: unknown environment 'moira' (defined under "
         "`environments:`: moirai, moment)"),
     "unknown field": (
-        HEAD + ENVS.replace("    path: /opt", "    paht: /opt") + MODELS,
+        edited("    path: /opt", "    paht: /opt"),
         "tsfmd.yaml: environments.moment: unknown field 'paht' (known: path, pip_options, "
         "python, requirements)"),
     "missing requirements": (
         HEAD + "environments:\n  moirai:\n    python: /usr/bin/python3\n" + MODELS,
         "environments.moirai.requirements: missing"),
     "requirements not a list": (
-        HEAD + ENVS.replace('["momentfm==0.1.4"]', '"momentfm==0.1.4"') + MODELS,
+        edited('["momentfm==0.1.4"]', '"momentfm==0.1.4"'),
         "environments.moment.requirements: must be a list of non-empty strings"),
     "an option among the requirements": (
-        HEAD + ENVS.replace('["momentfm==0.1.4"]', '["--no-index", "momentfm"]') + MODELS,
+        edited('["momentfm==0.1.4"]', '["--no-index", "momentfm"]'),
         "environments.moment.requirements: '--no-index' is a pip option: put it under "
         "pip_options"),
     "relative python": (
-        HEAD + ENVS.replace("/usr/bin/python3.11", "python3.11") + MODELS,
+        edited("/usr/bin/python3.11", "python3.11"),
         "environments.moment.python: must be an absolute path to an interpreter, got "
         "'python3.11'"),
     "relative path": (
-        HEAD + ENVS.replace("/opt/envs/moment", "envs/moment") + MODELS,
+        edited("/opt/envs/moment", "envs/moment"),
         "environments.moment.path: must be an absolute path, got 'envs/moment'"),
     "bad name": (
-        HEAD + ENVS.replace("  moment:", "  'mo ment':") + MODELS,
+        edited("  moment:", "  'mo ment':"),
         "environments.mo ment: the name must be letters, digits"),
     "not a mapping": (
         HEAD + "environments: [moirai]\n" + MODELS,
