@@ -327,3 +327,47 @@ def test_the_test_env_cache_builds_once_and_names_what_it_built(tmp_path, monkey
     assert "test env: environment six: up to date" in capfd.readouterr().out
     reg = registry(HEAD + environments_yaml(env) + MODELS.replace("moirai", "six"))
     assert reg.environment("six") == env and env_state(env, None) == "ready"
+
+
+def test_an_interrupted_build_is_never_ready_and_the_next_build_finishes_it(tmp_path):
+    """The build is killed while pip runs: the package's setup.py blocks on a FIFO, and
+    opening the FIFO's other end returns only once it is there (no sleeps, no timing)."""
+    import signal
+    import threading
+
+    package, fifo, gate = tmp_path / "blocker", tmp_path / "fifo", tmp_path / "block"
+    package.mkdir()
+    os.mkfifo(fifo)
+    gate.touch()
+    (package / "setup.py").write_text(
+        "import os\nfrom setuptools import setup\n"
+        f"if os.path.exists({str(gate)!r}):\n    open({str(fifo)!r}).read()\n"
+        "setup(name='blocker', version='1.0', py_modules=[])\n")
+    # pip builds it with setuptools from the index, as it builds any sdist
+    config, state = env_registry(tmp_path, f"  blocked:\n    requirements: [{package}]\n")
+    env = registry(config.read_text()).environment("blocked")
+    build = subprocess.Popen([sys.executable, "-m", "tsfmd", "env", "build", "--config",
+                              str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    reached = threading.Event()
+
+    def wait_for_pip():
+        os.close(os.open(fifo, os.O_WRONLY))  # returns once setup.py opened its end
+        reached.set()
+
+    threading.Thread(target=wait_for_pip, daemon=True).start()
+    try:
+        assert reached.wait(300), "pip never ran the package's setup.py"
+        assert env_state(env, str(state)) == "missing"
+    finally:
+        os.killpg(build.pid, signal.SIGKILL)
+        build.communicate(timeout=60)
+    unfinished = [p.name for p in (state / "envs").iterdir() if p.name.startswith(".blocked-")]
+    assert len(unfinished) == 1 and not (state / "envs" / "blocked").exists()
+    assert env_state(env, str(state)) == "missing"
+
+    gate.unlink()
+    again = run_tsfmd("env", "build", "--config", str(config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "removing the unfinished build" in again.stdout
+    assert env_state(env, str(state)) == "ready"
