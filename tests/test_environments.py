@@ -371,3 +371,15 @@ def test_an_interrupted_build_is_never_ready_and_the_next_build_finishes_it(tmp_
     assert again.returncode == 0, again.stdout + again.stderr
     assert "removing the unfinished build" in again.stdout
     assert env_state(env, str(state)) == "ready"
+
+
+def test_two_names_of_one_interpreter_are_one_spec(tmp_path):
+    """`tsfmd` runs as .venv/bin/python3 and `python -m tsfmd` as .venv/bin/python: an env
+    built by one is ready for the other."""
+    from tsfmd.envs.state import spec_digest
+
+    link = tmp_path / "python-alias"
+    link.symlink_to(sys.executable)
+    env = EnvironmentSpec("e", sys.executable, ("six==1.16.0",))
+    assert spec_digest(env, "v") == spec_digest(replace(env, python=str(link)), "v")
+    assert spec_digest(env, "v") != spec_digest(replace(env, requirements=("six",)), "v")
