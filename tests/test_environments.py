@@ -88,6 +88,11 @@ def test_an_edited_environment_changes_the_load_identity_of_its_models():
     assert before.model("moirai-fc").load_identity == same.model("moirai-fc").load_identity
 
 
+def edited(old, new):
+    """The good registry with one edit in its `environments:` section."""
+    return HEAD + ENVS.replace(old, new) + MODELS
+
+
 BROKEN = {
     "undefined environment": (
         HEAD + MODELS,
@@ -98,28 +103,28 @@ BROKEN = {
         "models.moirai-fc.environment: unknown environment 'moira' (defined under "
         "`environments:`: moirai, moment)"),
     "unknown field": (
-        HEAD + ENVS.replace("    path: /opt", "    paht: /opt") + MODELS,
+        edited("    path: /opt", "    paht: /opt"),
         "tsfmd.yaml: environments.moment: unknown field 'paht' (known: path, pip_options, "
         "python, requirements)"),
     "missing requirements": (
         HEAD + "environments:\n  moirai:\n    python: /usr/bin/python3\n" + MODELS,
         "environments.moirai.requirements: missing"),
     "requirements not a list": (
-        HEAD + ENVS.replace('["momentfm==0.1.4"]', '"momentfm==0.1.4"') + MODELS,
+        edited('["momentfm==0.1.4"]', '"momentfm==0.1.4"'),
         "environments.moment.requirements: must be a list of non-empty strings"),
     "an option among the requirements": (
-        HEAD + ENVS.replace('["momentfm==0.1.4"]', '["--no-index", "momentfm"]') + MODELS,
+        edited('["momentfm==0.1.4"]', '["--no-index", "momentfm"]'),
         "environments.moment.requirements: '--no-index' is a pip option: put it under "
         "pip_options"),
     "relative python": (
-        HEAD + ENVS.replace("/usr/bin/python3.11", "python3.11") + MODELS,
+        edited("/usr/bin/python3.11", "python3.11"),
         "environments.moment.python: must be an absolute path to an interpreter, got "
         "'python3.11'"),
     "relative path": (
-        HEAD + ENVS.replace("/opt/envs/moment", "envs/moment") + MODELS,
+        edited("/opt/envs/moment", "envs/moment"),
         "environments.moment.path: must be an absolute path, got 'envs/moment'"),
     "bad name": (
-        HEAD + ENVS.replace("  moment:", "  'mo ment':") + MODELS,
+        edited("  moment:", "  'mo ment':"),
         "environments.mo ment: the name must be letters, digits"),
     "not a mapping": (
         HEAD + "environments: [moirai]\n" + MODELS,
@@ -322,3 +327,59 @@ def test_the_test_env_cache_builds_once_and_names_what_it_built(tmp_path, monkey
     assert "test env: environment six: up to date" in capfd.readouterr().out
     reg = registry(HEAD + environments_yaml(env) + MODELS.replace("moirai", "six"))
     assert reg.environment("six") == env and env_state(env, None) == "ready"
+
+
+def test_an_interrupted_build_is_never_ready_and_the_next_build_finishes_it(tmp_path):
+    """The build is killed while pip runs: the package's setup.py blocks on a FIFO, and
+    opening the FIFO's other end returns only once it is there (no sleeps, no timing)."""
+    import signal
+    import threading
+
+    package, fifo, gate = tmp_path / "blocker", tmp_path / "fifo", tmp_path / "block"
+    package.mkdir()
+    os.mkfifo(fifo)
+    gate.touch()
+    (package / "setup.py").write_text(
+        "import os\nfrom setuptools import setup\n"
+        f"if os.path.exists({str(gate)!r}):\n    open({str(fifo)!r}).read()\n"
+        "setup(name='blocker', version='1.0', py_modules=[])\n")
+    # pip builds it with setuptools from the index, as it builds any sdist
+    config, state = env_registry(tmp_path, f"  blocked:\n    requirements: [{package}]\n")
+    env = registry(config.read_text()).environment("blocked")
+    build = subprocess.Popen([sys.executable, "-m", "tsfmd", "env", "build", "--config",
+                              str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    reached = threading.Event()
+
+    def wait_for_pip():
+        os.close(os.open(fifo, os.O_WRONLY))  # returns once setup.py opened its end
+        reached.set()
+
+    threading.Thread(target=wait_for_pip, daemon=True).start()
+    try:
+        assert reached.wait(300), "pip never ran the package's setup.py"
+        assert env_state(env, str(state)) == "missing"
+    finally:
+        os.killpg(build.pid, signal.SIGKILL)
+        build.communicate(timeout=60)
+    unfinished = [p.name for p in (state / "envs").iterdir() if p.name.startswith(".blocked-")]
+    assert len(unfinished) == 1 and not (state / "envs" / "blocked").exists()
+    assert env_state(env, str(state)) == "missing"
+
+    gate.unlink()
+    again = run_tsfmd("env", "build", "--config", str(config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "removing the unfinished build" in again.stdout
+    assert env_state(env, str(state)) == "ready"
+
+
+def test_two_names_of_one_interpreter_are_one_spec(tmp_path):
+    """`tsfmd` runs as .venv/bin/python3 and `python -m tsfmd` as .venv/bin/python: an env
+    built by one is ready for the other."""
+    from tsfmd.envs.state import spec_digest
+
+    link = tmp_path / "python-alias"
+    link.symlink_to(sys.executable)
+    env = EnvironmentSpec("e", sys.executable, ("six==1.16.0",))
+    assert spec_digest(env, "v") == spec_digest(replace(env, python=str(link)), "v")
+    assert spec_digest(env, "v") != spec_digest(replace(env, requirements=("six",)), "v")

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from tsfmd.envs.spec import STAMP, EnvironmentSpec
-from tsfmd.envs.state import READY, env_state, python_version, read_stamp, spec_digest
+from tsfmd.envs.state import (READY, env_state, interpreter, python_version, read_stamp,
+                              spec_digest)
 
 Say = Callable[[str], None]
 
@@ -94,7 +95,7 @@ def _install(env: EnvironmentSpec, where: Path, digest: str, version: str, say: 
               "--disable-pip-version-check", *env.pip_options, *env.requirements], env.name)
         say(f"environment {env.name}: pip finished in {time.monotonic() - started:.0f} s")
     _write_stamp(where, {
-        "name": env.name, "digest": digest, "python": env.python, "version": version,
+        "name": env.name, "digest": digest, "python": interpreter(env), "version": version,
         "requirements": list(env.requirements), "pip_options": list(env.pip_options),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })

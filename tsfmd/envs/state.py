@@ -41,10 +41,16 @@ def _version_of(python: str, _mtime_ns: int, _size: int) -> Optional[str]:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def interpreter(env: EnvironmentSpec) -> str:
+    """The base interpreter as a file: `.venv/bin/python` and `.venv/bin/python3` (the same
+    program, as `python -m tsfmd` and the `tsfmd` script see it) are one interpreter."""
+    return os.path.realpath(env.python)
+
+
 def spec_digest(env: EnvironmentSpec, version: str) -> str:
-    """What a build stamps: the base interpreter (path and version) and what pip installs.
+    """What a build stamps: the base interpreter (file and version) and what pip installs.
     Neither the name nor the path is in it: a moved or renamed environment stays ready."""
-    what = {"python": env.python, "version": version,
+    what = {"python": interpreter(env), "version": version,
             "requirements": list(env.requirements), "pip_options": list(env.pip_options)}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
@@ -79,7 +85,7 @@ def _state_and_reason(env: EnvironmentSpec, state_dir: Optional[str]):
 
 def _difference(env: EnvironmentSpec, version: str, stamp: dict) -> str:
     changed = [name for name, now in (
-        ("python", env.python), ("version", version),
+        ("python", interpreter(env)), ("version", version),
         ("requirements", list(env.requirements)), ("pip_options", list(env.pip_options)),
     ) if stamp.get(name) != now]
     return "changed: " + ", ".join(changed) if changed else "its stamp differs"
