@@ -35,10 +35,13 @@ LOADING, READY, RESTARTING, FAILED = "loading", "ready", "restarting", "failed"
 
 def worker_python(spec: ModelSpec, state_dir: str) -> Optional[str]:
     """The interpreter of the model's worker process; None: it runs in this process."""
-    environment = getattr(spec, "environment", None)
+    environment = spec.environment
     if environment is not None:
-        from tsfmd.envs import python_for
+        from tsfmd.envs import env_problem, python_for
 
+        problem = env_problem(environment, state_dir)
+        if problem:
+            raise ModelLoadError(problem)
         return str(python_for(environment, state_dir))
     return sys.executable if spec.isolation == "process" else None
 
