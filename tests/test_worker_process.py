@@ -192,6 +192,25 @@ def test_capabilities_cross_as_plain_values_field_by_field():
     assert protocol.capabilities_from(newer) == caps
 
 
+def test_impute_passes_through_the_worker_unchanged(monkeypatch):
+    """The generic `impute` op: arrays with NaN in, the family's filled arrays out."""
+    from tsfmd.families import _FAMILIES, get_family
+    from tsfmd.families.base import LoadSpec
+    from tsfmd.runners import start_runner
+
+    monkeypatch.setenv("TSFMD_WORKER_PATH", str(TESTS))
+    monkeypatch.setitem(_FAMILIES, "fault-test", "workerfamilies:FaultFamily")  # test-only
+    family, spec = get_family("fault-test"), LoadSpec(key="imp", source="x", device="cpu")
+    batch = [np.array([1.0, np.nan, 3.0, np.nan]), np.arange(6, dtype=np.float32)]
+    inproc, worker = start_runner(family, spec), start_runner(family, spec, sys.executable)
+    try:
+        expected, got = inproc.impute(batch), worker.impute(batch)
+    finally:
+        worker.close()
+    assert [a.tolist() for a in got] == [a.tolist() for a in expected]
+    assert got[0].tolist() == [1.0, 2.0, 3.0, 2.0] and got[1].dtype == expected[1].dtype
+
+
 # -- the worker's life ------------------------------------------------------------------------
 
 def start_worker(parent_pid=None):
