@@ -81,6 +81,7 @@ def main(root: Path, out: Path) -> None:
             entry["cases"][case] = {"tsfmd": ours.tolist(),
                                     **{k: v.tolist() for k, v in refs.items()}}
         entry["batch"] = _batch_behaviour(family, SeriesInput)
+        entry["covariate_effect"] = _covariate_effect(family, SeriesInput)
         report[name] = entry
     report["refused"] = _refused(family_class, LoadSpec, root)
     out.write_text(json.dumps(report))
@@ -172,6 +173,17 @@ def _batch_behaviour(family, SeriesInput) -> dict:
             "short_vs_long_first_step": float(np.abs(short[:, 0] - together[:, 0]).max()),
             "tiny_finite": bool(np.isfinite(tiny.quantiles).all()),
             "tiny_shape": list(tiny.quantiles.shape)}
+
+
+def _covariate_effect(family, SeriesInput) -> dict:
+    """How far each kind of covariate moves the forecast of one series (0: ignored)."""
+    values, past, future = series(200)
+    plain = family.forecast([SeriesInput(values=values)], HORIZON).quantiles[0]
+    moved = {}
+    for kind, one in (("past", SeriesInput(values=values, past_covariates=past)),
+                      ("future", SeriesInput(values=values, future_covariates=future))):
+        moved[kind] = float(np.abs(family.forecast([one], HORIZON).quantiles[0] - plain).max())
+    return moved
 
 
 def _refused(family_class, LoadSpec, root: Path) -> dict:
