@@ -1,6 +1,7 @@
 """Moirai through tsfmd's family against uni2ts' own prediction APIs (run in the moirai env).
 
-    <moirai env python> tests/moirai_parity.py CHECKPOINT_ROOT OUT.json
+    <moirai env python> tests/moirai_parity.py report CHECKPOINT_ROOT OUT.json
+    <moirai env python> tests/moirai_parity.py reply CHECKPOINT OPTIONS.json BODY.json OUT.json
 
 PYTHONPATH holds a directory with only a `tsfmd` link (as a worker's does) and tests/.
 For each tiny checkpoint (tests/tiny_moirai.py) and each case (no covariates, past-only,
@@ -16,6 +17,10 @@ and seed, for tests/test_family_moirai.py to compare:
 
 It also writes what tsfmd's family says about itself and a few behaviours that need the
 library to observe: batch independence, repeatability, refused options.
+
+`reply` answers one TDgpt request body the way tsfmd's TDgpt route would (tsfmd's own
+request checks, scaling and reply: tsfmd.api.tdgpt) with the model call replaced by uni2ts'
+create_predictor().predict: what a daemon serving that checkpoint must answer.
 """
 from __future__ import annotations
 
@@ -105,10 +110,12 @@ def _library_model(family, one, horizon=HORIZON):
     if family.variant == "moirai-2.0":
         return Moirai2Forecast(module=module, **_shape(one, horizon))
     cls = MoiraiMoEForecast if family.variant == "moirai-moe" else MoiraiForecast
-    return cls(module=module, patch_size=16, num_samples=SAMPLES, **_shape(one, horizon))
+    settings = family._settings  # the patch size and draws the family was loaded with
+    return cls(module=module, patch_size=settings["patch_size"],
+               num_samples=settings["num_samples"], **_shape(one, horizon))
 
 
-def _gluonts(family, one, levels) -> dict:
+def _gluonts(family, one, levels, horizon=HORIZON) -> dict:
     """[H, Q] answers of create_predictor().predict on a gluonts dataset of this series.
 
     Moirai 2.0: "gluonts", its QuantileForecast at the native levels. The sampling
@@ -125,8 +132,9 @@ def _gluonts(family, one, levels) -> dict:
         entry["past_feat_dynamic_real"] = one.past_covariates.astype(np.float32)
     if one.future_covariates is not None:
         entry["feat_dynamic_real"] = one.future_covariates.astype(np.float32)
-    predictor = _library_model(family, one).create_predictor(batch_size=16, device="cpu")
-    torch.manual_seed(SEED)
+    model = _library_model(family, one, horizon)
+    predictor = model.create_predictor(batch_size=16, device="cpu")
+    torch.manual_seed(family._settings.get("seed", 0))
     forecast = list(predictor.predict([entry]))[0]
     own = np.stack([forecast.quantile(q) for q in levels], axis=-1)
     if family.variant == "moirai-2.0":
@@ -141,7 +149,7 @@ def _forward(family, one) -> np.ndarray:
 
     model = _library_model(family, one)
     target = torch.as_tensor(one.values, dtype=torch.float32).reshape(1, -1, 1)
-    torch.manual_seed(SEED)
+    torch.manual_seed(family._settings.get("seed", 0))
     with torch.no_grad():
         answer = model(past_target=target,
                        past_observed_target=torch.ones_like(target, dtype=torch.bool),
@@ -207,5 +215,25 @@ def _refused(family_class, LoadSpec, root: Path) -> dict:
     return answers
 
 
+def reply(checkpoint: Path, options: dict, body: dict) -> dict:
+    from tsfmd.api.tdgpt import parse_request, success_reply
+    from tsfmd.families import get_family
+    from tsfmd.families.base import Forecast, LoadSpec
+
+    family = get_family("moirai").load(LoadSpec(key="ref", source=str(checkpoint),
+                                                options=options))
+    caps = family.capabilities()
+    request = parse_request(body, caps, "ref")
+    quantiles = _gluonts(family, request.series, caps.quantile_levels, request.horizon)
+    quantiles = np.asarray(quantiles["gluonts"], dtype=np.float64)[None]
+    median = list(caps.quantile_levels).index(0.5)
+    return success_reply(request, Forecast(point=quantiles[..., median], quantiles=quantiles),
+                         0, caps)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.argv[1] == "report":
+        main(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        options, body = (json.loads(Path(p).read_text()) for p in sys.argv[3:5])
+        Path(sys.argv[5]).write_text(json.dumps(reply(Path(sys.argv[2]), options, body)))

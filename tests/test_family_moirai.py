@@ -150,7 +150,7 @@ def checkpoints(moirai_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(moirai_env, checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("moirai-parity") / "report.json"
-    run_in_env(moirai_env, "moirai_parity.py", checkpoints, out, tmp=out.parent)
+    run_in_env(moirai_env, "moirai_parity.py", "report", checkpoints, out, tmp=out.parent)
     return json.loads(out.read_text())
 
 
@@ -225,3 +225,86 @@ def test_options_a_checkpoint_cannot_take_are_refused_at_load(report):
     assert "between 1 and" in refused["num_samples_zero"]
     assert "takes no options" in refused["moirai2_num_samples"]
     assert "float32, not bfloat16" in refused["bfloat16"]
+
+
+# -- served by a daemon, in a worker of the moirai environment ------------------------------
+
+SERVED_OPTIONS = {"moirai-moe": {"num_samples": 50, "seed": 3}, "moirai-2.0": {}}
+
+
+def tdgpt_body(length=90, horizon=12):
+    """A body as TDgpt's TsfmBaseService sends it, covariates included."""
+    t = np.arange(length + horizon)
+    return {"input": (40 + 8 * np.sin(t[:length] / 5)).round(3).tolist(),
+            "ts": (1_700_000_000_000 + 60_000 * t[:length]).tolist(),
+            "next_len": horizon, "conf_interval": 0.9,
+            "past_dynamic_real": [np.cos(t[:length] / 4).round(3).tolist()],
+            "dynamic_real": [(t % 7 == 0).astype(float).tolist()]}
+
+
+@pytest.fixture(scope="module")
+def served(moirai_env, checkpoints, tmp_path_factory):
+    from conftest import start_tsfmd
+    from envcache import environments_yaml
+
+    state = tmp_path_factory.mktemp("moirai-served")
+    models = f"""\
+  fracast-fc:
+    family: fracast
+    source: bundled
+  moirai-moe-fc:
+    family: moirai
+    source: {checkpoints / 'moirai-moe'}
+    environment: moirai
+    options: {json.dumps(SERVED_OPTIONS['moirai-moe'])}
+  moirai2-fc:
+    family: moirai
+    source: {checkpoints / 'moirai-2.0'}
+    environment: moirai
+"""
+    running = start_tsfmd(state, models,
+                          extra_server=f"  state_dir: {state}\n" + environments_yaml(moirai_env))
+    yield running
+    running.stop()
+
+
+def reference_reply(env, checkpoint: Path, options: dict, body: dict, tmp: Path) -> dict:
+    """What tsfmd's TDgpt route answers with uni2ts' own predictor as the model call."""
+    paths = [tmp / name for name in ("options.json", "body.json", "reply.json")]
+    paths[0].write_text(json.dumps(options))
+    paths[1].write_text(json.dumps(body))
+    run_in_env(env, "moirai_parity.py", "reply", checkpoint, *paths, tmp=tmp)
+    return json.loads(paths[2].read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key,variant", [("moirai-moe-fc", "moirai-moe"),
+                                         ("moirai2-fc", "moirai-2.0")])
+def test_a_daemon_serves_moirai_from_its_environment_as_uni2ts_answers(
+        served, moirai_env, checkpoints, tmp_path, key, variant):
+    body = tdgpt_body()
+    answer = served.post(f"/{key}", body)
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    assert got["status"] == "success"
+    assert all(len(got[k]) == body["next_len"] for k in ("output", "lower", "upper"))
+    want = reference_reply(moirai_env, checkpoints / variant, SERVED_OPTIONS[variant], body,
+                           tmp_path)
+    for field in ("output", "lower", "upper"):
+        np.testing.assert_allclose(got[field], want[field], rtol=1e-6, err_msg=field)
+    assert served.post(f"/{key}", body).json() == got  # seeded: the same answer again
+
+
+@pytest.mark.slow
+def test_the_environment_model_runs_beside_an_in_process_one(served):
+    assert "uni2ts" not in sys.modules  # the daemon (this process) never imported it
+    plain = {"input": tdgpt_body()["input"], "next_len": 12}
+    assert served.post("/fracast-fc", plain).status_code == 200
+    with_covariates = served.post("/fracast-fc", tdgpt_body())
+    assert with_covariates.status_code == 400  # fracast takes none: said, not ignored
+    models = {m["key"]: m for m in served.get("/v1/models").json()["models"]}
+    for key in ("moirai-moe-fc", "moirai2-fc", "fracast-fc"):
+        assert models[key]["status"] == "ready", models[key]
+    for key in ("moirai-moe-fc", "moirai2-fc"):
+        assert models[key]["covariates"] == {"past": True, "future": True}
+    assert models["moirai-moe-fc"]["quantile_levels"][7] == 0.5
