@@ -108,6 +108,31 @@ def test_load_without_uni2ts_says_which_environment_it_needs(tmp_path):
         get_family("moirai").load(LoadSpec(key="m", source=str(source)))
 
 
+def test_tsfmd_check_finds_a_bad_moirai_entry_without_uni2ts(tmp_path):
+    moe = checkpoint_dir(tmp_path / "moe", CONFIGS["moirai-moe"])
+    config = tmp_path / "tsfmd.yaml"
+    config.write_text(f"""\
+server:
+  state_dir: {tmp_path / 'state'}
+environments:
+  moirai:
+    requirements: ["uni2ts==2.0.0"]
+    path: {tmp_path / 'no-env-here'}
+models:
+  moirai-fc:
+    family: moirai
+    source: {moe}
+    environment: moirai
+    options: {{patch_size: 32}}
+""")
+    done = subprocess.run([sys.executable, "-m", "tsfmd", "check", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert "this moirai-moe checkpoint patches by 16, not 32" in said
+    assert "environment moirai is missing" in said
+
+
 # -- in the moirai environment ----------------------------------------------------------------
 
 
