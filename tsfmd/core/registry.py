@@ -76,7 +76,10 @@ class AdapterSettings:
 #: many points of its own history while it decodes (TimesFM does); `horizon_limit` is not:
 #: tsfmd alone enforces it, from the model's capabilities.
 LOAD_FIELDS = ("family", "source", "device", "dtype", "context_limit", "options",
-               "environment")  # an edited environment spec reloads its models
+               "environment",  # an edited environment spec reloads its models
+               "isolation")
+#: `isolation:` where a model runs: in the daemon's process, or in a worker process of its own
+ISOLATIONS = ("inprocess", "process")
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ class ModelSpec:
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
     #: the `environments:` entry this model's worker runs in; None: the daemon's own
     environment: Optional[EnvironmentSpec] = None
+    #: "process": a worker process on the daemon's own interpreter (tsfmd/runners); an
+    #: entry with an `environment:` always runs in a worker of that environment
+    isolation: str = "inprocess"
 
     @property
     def routes(self) -> Tuple[str, ...]:
@@ -257,7 +263,7 @@ _AUTH_FIELDS = {"tokens_file", "protect_tdgpt_routes", "adapter_token_file"}
 _MODEL_FIELDS = {
     "family", "source", "route", "aliases", "device", "dtype", "context_limit",
     "horizon_limit", "enabled", "required", "description", "options", "batching", "adapter",
-    "environment",
+    "environment", "isolation",
 }
 _BATCHING_FIELDS = {"enabled", "max_batch", "max_wait_ms", "queue_size", "timeout_s"}
 _ADAPTER_FIELDS = {"connect_timeout_s", "read_timeout_s"}
@@ -454,6 +460,10 @@ class _Validator:
         if not isinstance(options, dict):
             self.problem(f"{where}.options", "must be a mapping")
             options = {}
+        isolation = self._str(entry, "isolation", where, "inprocess")
+        if isolation not in ISOLATIONS:
+            self.problem(f"{where}.isolation",
+                         f"must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         return ModelSpec(
             key=key,
             family=family,
@@ -471,6 +481,7 @@ class _Validator:
             batching=self.batching(entry.get("batching"), f"{where}.batching"),
             adapter=self.adapter(entry.get("adapter"), f"{where}.adapter"),
             environment=self.model_environment(entry, where),
+            isolation=isolation,
         )
 
     def batching(self, section: Any, where: str) -> BatchingSettings:
