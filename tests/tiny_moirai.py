@@ -62,10 +62,15 @@ def build_all(root: Path) -> dict:
 
 def _shake(module, torch) -> None:
     """Random init leaves some layers (norms, zero biases) at constants; give every weight a
-    spread so that a wrong wiring shows in the numbers."""
+    spread so that a wrong wiring shows in the numbers. Moirai-MoE's expert centroids are a
+    saved buffer that uni2ts allocates with torch.empty (training fills it): left as it is,
+    the checkpoint would hold whatever memory held, NaN at times."""
     with torch.no_grad():
         for parameter in module.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
+        for name, buffer in module.named_buffers():
+            if name.endswith("centroid"):
+                buffer.normal_()
 
 
 if __name__ == "__main__":
