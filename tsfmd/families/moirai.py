@@ -116,7 +116,6 @@ class MoiraiFamily(Family):
         settings = _settings(variant, config, spec.options)
         try:
             with LIBRARY_LOCK:
-                import torch  # noqa: F401  (uni2ts needs it; a clearer error if absent)
                 module_class = _module_class(variant)
         except ImportError as exc:
             raise ModelLoadError(f"{_NEEDS_UNI2TS} ({exc})") from exc
@@ -124,9 +123,9 @@ class MoiraiFamily(Family):
         try:
             with LIBRARY_LOCK:
                 module = module_class.from_pretrained(str(directory))
+            module = module.to(spec.device).eval()
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"cannot load {variant} from {directory}: {exc}") from exc
-        module = module.to(spec.device).eval()
         return cls(module, variant, settings, _capabilities(variant, module, settings, spec),
                    spec.device)
 
