@@ -87,6 +87,7 @@ def main(root: Path, out: Path) -> None:
                                     **{k: v.tolist() for k, v in refs.items()}}
         entry["batch"] = _batch_behaviour(family, SeriesInput)
         entry["covariate_effect"] = _covariate_effect(family, SeriesInput)
+        entry["affine"] = _affine_deviation(family, SeriesInput)
         report[name] = entry
     report["refused"] = _refused(family_class, LoadSpec, root)
     out.write_text(json.dumps(report))
@@ -192,6 +193,20 @@ def _covariate_effect(family, SeriesInput) -> dict:
                       ("future", SeriesInput(values=values, future_covariates=future))):
         moved[kind] = float(np.abs(family.forecast([one], HORIZON).quantiles[0] - plain).max())
     return moved
+
+
+def _affine_deviation(family, SeriesInput) -> dict:
+    """max |(f(a x + b) - b) / a - f(x)| over the band's range, for the family itself (no
+    tsfmd scaling around it): what Capabilities.affine_equivariant claims is ~0."""
+    values, past, future = series(300)
+    def quantiles(x):
+        one = SeriesInput(values=x, past_covariates=past, future_covariates=future)
+        return family.forecast([one], HORIZON).quantiles[0]
+    plain = quantiles(values)
+    band = plain.max() - plain.min()
+    return {f"{a:g},{b:g}": float(np.abs((quantiles(a * values + b) - b) / a - plain).max()
+                                  / band)
+            for a, b in ((1000.0, -5e4), (1.0, 1e3))}
 
 
 def _refused(family_class, LoadSpec, root: Path) -> dict:

@@ -185,7 +185,8 @@ def test_the_variant_is_read_from_the_checkpoint(report, name):
     assert report[name]["variant"] == VARIANTS[name]
     caps = report[name]["caps"]
     assert caps["past_covariates"] and caps["future_covariates"]
-    assert caps["affine_equivariant"] and caps["horizon_block"] == 1
+    assert caps["affine_equivariant"] == (name != "moirai-moe")
+    assert caps["horizon_block"] == 1
     assert 0.5 in report[name]["levels"]
 
 
@@ -233,6 +234,18 @@ def test_a_series_answers_the_same_alone_in_a_batch_and_again(report, name):
     assert batch["batch_vs_alone"] == 0.0
     assert batch["repeat"] == 0.0
     assert batch["tiny_finite"] and batch["tiny_shape"][:2] == [1, 5]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_affine_equivariance_is_declared_exactly_where_it_holds(report, name):
+    """Scaled and shifted series: 1.x and 2.0 answer the scaled and shifted forecast;
+    Moirai-MoE's seeded draws move (its docstring says why), so it does not claim it."""
+    worst = max(report[name]["affine"].values())
+    if report[name]["caps"]["affine_equivariant"]:
+        assert worst < 1e-4, report[name]["affine"]
+    else:
+        assert worst > 1e-2, report[name]["affine"]
 
 
 @pytest.mark.slow

@@ -34,10 +34,21 @@ Moirai2Forecast: the call TDgpt's moirai service makes), one series at a time:
 
 Covariates are used as TDgpt's moirai service sends them: `past_dynamic_real` rows become
 `past_feat_dynamic_real` (known for the history only), `dynamic_real` rows become
-`feat_dynamic_real` (known for history and horizon). Every Moirai normalises each series
-and each covariate by its own mean and spread (PackedStdScaler, sqrt(var + 1e-5)) and maps
-its answer back, so the family is declared affine-equivariant: tsfmd scales each series in
-float64 first and the 1e-5 floor never bites. A Moirai forecast's first steps change with
+`feat_dynamic_real` (known for history and horizon).
+
+Every Moirai normalises each series and each covariate by its own mean and spread
+(PackedStdScaler, sqrt(var + 1e-5)) and maps its answer back. Moirai 1.x and Moirai 2.0 are
+therefore declared affine-equivariant (measured: f(1000x - 5e4) = 1000 f(x) - 5e4 to 2e-7
+of the band): tsfmd scales each series in float64 first and the 1e-5 floor never bites.
+Moirai-MoE is not: its predictive distribution is, but its seeded draws are not. Its
+decoder also reads the horizon's placeholder token, whose input (unscaled zeros) depends on
+the series' level; the draws for that token use the same generator as the ones answered,
+and rejection sampling (Student-t, negative binomial) takes a number of random values that
+depends on the parameters, so a shift of the series changes every later draw (by up to 40 %
+of the band on the tiny model). tsfmd therefore gives Moirai-MoE the values as sent (within
+float32), and its answer is what uni2ts answers for that request and seed.
+
+A Moirai forecast's first steps change with
 the horizon asked (1.x: prediction tokens attend both ways; MoE and 1.x: the draws take the
 horizon's shape), so requests share a batch only with their own horizon (horizon_block 1).
 """
@@ -225,7 +236,7 @@ def _capabilities(variant: str, module, settings: dict, spec: LoadSpec) -> Capab
         quantile_levels=levels,
         past_covariates=True,
         future_covariates=True,
-        affine_equivariant=True,
+        affine_equivariant=variant != MOIRAI_MOE,  # see the module's docstring
         position_limit=positions,
         horizon_block=1,
     )
