@@ -18,6 +18,7 @@ _FAMILIES: Dict[str, str] = {
     "timesfm-2.5": "tsfmd.families.timesfm:TimesFm25Family",
     "time-moe": "tsfmd.families.timemoe.family:TimeMoeFamily",
     "moment": "tsfmd.families.moment:MomentFamily",
+    "moirai": "tsfmd.families.moirai:MoiraiFamily",
 }
 
 
