@@ -8,6 +8,7 @@ real weights. Only the sizes are small. Seeds are fixed so a failure can be repl
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,24 @@ def forecast_ok(server, route, body):
     answer = r.json()
     assert answer["status"] == "success"
     return answer
+
+
+def tdtsfm(directory: Path, config=None, seed: int = 17) -> Path:
+    """A tdtsfm checkpoint as TDgpt ships it: `taos.pth`, a torch state dict under
+    TaosForPrediction's names, plus config.json with TaosConfig's Taos_* keys (`config`:
+    a mapping of those keys; absent ones keep the shipped values). Every tensor is random,
+    the norms' weights and biases too, so a wrong mapping of any of them shows."""
+    from tsfmd.families.tdtsfm import TaosConfig, taos_shapes
+
+    cfg = TaosConfig.from_dict(config or {})
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in taos_shapes(cfg).items():
+        base = 1.0 if key.endswith("norm1.weight") or key.endswith("norm2.weight") \
+            or key.endswith("Taos_norm.weight") else 0.0
+        state[key] = base + 0.1 * torch.randn(shape, generator=generator)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(state, directory / "taos.pth")
+    (directory / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return directory

@@ -17,6 +17,7 @@ _FAMILIES: Dict[str, str] = {
     "chronos-2": "tsfmd.families.chronos:Chronos2Family",
     "timesfm-2.5": "tsfmd.families.timesfm:TimesFm25Family",
     "time-moe": "tsfmd.families.timemoe.family:TimeMoeFamily",
+    "tdtsfm": "tsfmd.families.tdtsfm:TdtsfmFamily",
 }
 
 
