@@ -144,3 +144,26 @@ def tdtsfm(directory: Path, config=None, seed: int = 17) -> Path:
     torch.save(state, directory / "taos.pth")
     (directory / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     return directory
+
+
+def timesfm20(
+    directory: Path, context_length: int = 256, horizon_length: int = 32, size=None
+) -> Path:
+    """A 2-layer TimesFM 2.0 (google/timesfm-2.0-500m-pytorch's transformers layout)."""
+    from transformers import TimesFmConfig, TimesFmModelForPrediction
+
+    torch.manual_seed(19)
+    dims = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=32, head_dim=8,
+                num_attention_heads=4)
+    dims.update(size or {})
+    config = TimesFmConfig(
+        patch_length=32, context_length=context_length, horizon_length=horizon_length,
+        freq_size=3, quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        use_positional_embedding=False, **dims,
+    )
+    model = TimesFmModelForPrediction(config)
+    with torch.no_grad():  # the init leaves some parts at 0/1; a test should see them all
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(directory)
+    return Path(directory)

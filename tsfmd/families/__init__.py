@@ -18,6 +18,7 @@ _FAMILIES: Dict[str, str] = {
     "timesfm-2.5": "tsfmd.families.timesfm:TimesFm25Family",
     "time-moe": "tsfmd.families.timemoe.family:TimeMoeFamily",
     "tdtsfm": "tsfmd.families.tdtsfm:TdtsfmFamily",
+    "timesfm-2.0": "tsfmd.families.timesfm2:TimesFm20Family",
 }
 
 
