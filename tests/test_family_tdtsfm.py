@@ -171,3 +171,30 @@ def test_served_on_tdgpts_route_like_the_library_call(served, checkpoints):
     assert models["tdtsfm"]["point_forecast"] == "mean"
     assert models["tdtsfm-missing"]["status"] == "failed"
     assert "weights not found" in models["tdtsfm-missing"]["reason"]
+
+
+# -- the registry entry a TDgpt user starts from ------------------------------------------
+
+#: recommended for etc/tsfmd/tsfmd.yaml: TDgpt installs taos.pth in this directory
+ENTRY = """\
+  tdtsfm:
+    family: tdtsfm
+    source: /var/lib/taos/taosanode/model/tdtsfm
+    route: /tdtsfm
+    description: TDgpt's tdtsfm (96-point patches, 8 layers), point forecasts
+    enabled: false
+"""
+
+
+def test_the_disabled_example_entry_checks_and_names_what_enabling_needs(tmp_path, checkpoints):
+    result, path = tinymodels.tsfmd_check(tmp_path, ENTRY)
+    assert result.returncode == 0, result.stderr
+    assert "disabled tdtsfm" in result.stdout and "family=tdtsfm" in result.stdout
+    shipped = "/var/lib/taos/taosanode/model/tdtsfm"
+    result, path = tinymodels.tsfmd_check(tmp_path, ENTRY.replace("false", "true"))
+    if not Path(shipped).is_dir():  # a machine with TDgpt installed has it
+        assert result.returncode == 1
+        assert f"models.tdtsfm would fail to load: weights not found at {shipped}" in result.stderr
+    local = ENTRY.replace("false", "true").replace(shipped, str(checkpoints["patched"]))
+    result, path = tinymodels.tsfmd_check(tmp_path, local)
+    assert result.returncode == 0, result.stderr

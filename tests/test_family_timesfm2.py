@@ -155,3 +155,30 @@ def test_models_endpoint_and_checkpoints_it_cannot_read(server):
     assert "torch_model.ckpt" in original["reason"] and "tsfmd pull" in original["reason"]
     wrong = models["tfm2-wrong-kind"]
     assert wrong["status"] == "failed" and "'timesfm2_5'" in wrong["reason"]
+
+
+# -- the registry entry a TDgpt user starts from ------------------------------------------
+
+#: recommended for etc/tsfmd/tsfmd.yaml (TDgpt's timesfm-server.py loads this hub id)
+ENTRY = """\
+  timesfm-2.0:
+    family: timesfm-2.0
+    source: google/timesfm-2.0-500m-pytorch
+    description: TimesFM 2.0 (500M), quantiles 0.1..0.9, context 2048, 128 steps a pass
+    enabled: false
+"""
+
+
+def test_the_disabled_example_entry_checks_and_names_what_enabling_needs(tmp_path, checkpoints):
+    result, path = tinymodels.tsfmd_check(tmp_path, ENTRY)
+    assert result.returncode == 0, result.stderr
+    assert "disabled timesfm-2.0" in result.stdout
+    result, path = tinymodels.tsfmd_check(tmp_path, ENTRY.replace("false", "true"))
+    assert result.returncode == 1  # the test's state dir has no hub cache
+    assert "models.timesfm-2.0 would fail to load: weights not found for " \
+           "google/timesfm-2.0-500m-pytorch" in result.stderr
+    assert "tsfmd pull google/timesfm-2.0-500m-pytorch" in result.stderr
+    local = ENTRY.replace("false", "true").replace("google/timesfm-2.0-500m-pytorch",
+                                                   str(checkpoints["good"]))
+    result, path = tinymodels.tsfmd_check(tmp_path, local)
+    assert result.returncode == 0, result.stderr

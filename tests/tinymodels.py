@@ -167,3 +167,18 @@ def timesfm20(
             param.add_(0.05 * torch.randn_like(param))
     model.save_pretrained(directory)
     return Path(directory)
+
+
+def tsfmd_check(directory: Path, models: str):
+    """`tsfmd check` (the real command) on a registry of `models` YAML, hub cache in an
+    empty state dir: (CompletedProcess, registry path)."""
+    import subprocess
+    import sys
+
+    path = Path(directory) / "tsfmd.yaml"
+    path.write_text("models:\n" + models)
+    result = subprocess.run(
+        [sys.executable, "-m", "tsfmd", "check", "--config", str(path), "--state-dir",
+         str(Path(directory) / "state")], capture_output=True, text=True, timeout=120,
+    )
+    return result, path
