@@ -65,7 +65,7 @@ class TimesFm20Family(Family):
                 from transformers import TimesFmModelForPrediction
         except ImportError as exc:
             raise ModelLoadError(
-                "family timesfm-2.0 needs transformers with TimesFM (4.52 or newer): "
+                "family timesfm-2.0 needs transformers with TimesFM (4.56 or newer): "
                 "pip install -U transformers"
             ) from exc
         directory = _open(spec)
