@@ -116,7 +116,8 @@ class Body(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.Taos_embed_layer = PatchEmbedding(cfg)
-        self.Taos_layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg["Taos_num_hidden_layers"]))
+        layers = range(cfg["Taos_num_hidden_layers"])
+        self.Taos_layers = nn.ModuleList(Layer(cfg, i) for i in layers)
         self.Taos_norm = nn.LayerNorm(cfg["Taos_hidden_size"])
 
 
@@ -126,7 +127,8 @@ class TaosForPrediction(nn.Module):
         self.cfg = cfg
         self.Taos_model = Body(cfg)
         self.Taos_lm_heads = nn.ModuleList(
-            nn.Linear(cfg["Taos_hidden_size"], n, bias=False) for n in cfg["Taos_output_token_lens"]
+            nn.Linear(cfg["Taos_hidden_size"], n, bias=False)
+            for n in cfg["Taos_output_token_lens"]
         )
 
     def forward(self, points, mask2d, position_ids, cache, max_output_length, dropout):
@@ -135,7 +137,8 @@ class TaosForPrediction(nn.Module):
         embeds = self.Taos_model.Taos_embed_layer((points - mean) / std)
         seq = embeds.shape[1]
         past = cache.get_usable_length(seq)
-        mask = _prepare_4d_causal_attention_mask(mask2d, (1, seq), embeds, past, sliding_window=None)
+        mask = _prepare_4d_causal_attention_mask(mask2d, (1, seq), embeds, past,
+                                                 sliding_window=None)
         x = embeds
         for layer in self.Taos_model.Taos_layers:
             x = layer(x, mask, position_ids, cache, dropout)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +98,19 @@ def test_constant_input_and_short_input(checkpoints, tmp_path):
     np.testing.assert_array_equal(model.forecast([SeriesInput(values=constant)], 6).point[0],
                                   want)
     assert model.capabilities().min_context == 4  # the script refuses less than one patch
+
+
+def test_horizons_share_a_batch_only_where_the_first_steps_do_not_change(checkpoints):
+    """One head: a longer horizon's first steps are a shorter one's (the batcher may run a
+    batch at its longest horizon); several heads: the head depends on the steps left."""
+    patched, multi = load(checkpoints["patched"]), load(checkpoints["multi-head"])
+    assert patched.capabilities().horizon_block == 0
+    assert multi.capabilities().horizon_block == 1
+    values = [SeriesInput(values=series(60, seed=5))]
+    np.testing.assert_array_equal(patched.forecast(values, 33).point[0, :10],
+                                  patched.forecast(values, 10).point[0])
+    assert np.abs(multi.forecast(values, 40).point[0, :8]
+                  - multi.forecast(values, 8).point[0]).max() > 1e-6
 
 
 def test_weights_are_checked_strictly_by_name_and_shape(checkpoints, tmp_path):

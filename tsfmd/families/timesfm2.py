@@ -34,8 +34,8 @@ from typing import Sequence
 from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
-from tsfmd.families.checkpoint import HUB_PATTERNS, LIBRARY_LOCK, open_checkpoint, torch_dtype
-from tsfmd.families.timesfm import MAX_HORIZON
+from tsfmd.families.checkpoint import HUB_PATTERNS, LIBRARY_LOCK, open_checkpoint
+from tsfmd.families.timesfm import MAX_HORIZON, load_pretrained
 
 MODEL_TYPE = "timesfm"
 ORIGINAL_FILE = "torch_model.ckpt"
@@ -69,16 +69,7 @@ class TimesFm20Family(Family):
                 "pip install -U transformers"
             ) from exc
         directory = _open(spec)
-        dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16", "float16"))
-        try:
-            with LIBRARY_LOCK:
-                model = TimesFmModelForPrediction.from_pretrained(str(directory), dtype=dtype)
-            model = model.to(spec.device).eval()
-        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"cannot load timesfm-2.0 from {directory}: {exc}") from exc
-        levels = tuple(float(q) for q in model.config.quantiles)
-        if 0.5 not in levels:
-            raise ModelLoadError(f"{directory}: quantiles {levels} have no median (0.5)")
+        model, levels = load_pretrained(TimesFmModelForPrediction, spec, directory, cls.name)
         caps = Capabilities(
             context_limit=resolve_limit(spec.context_limit, model.config.context_length),
             horizon_limit=resolve_limit(spec.horizon_limit, MAX_HORIZON),
