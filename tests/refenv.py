@@ -32,7 +32,9 @@ def reference_python(name: str, python: str = "python3.11") -> Path:
     if interpreter.exists() and stamp.is_file() and stamp.read_text() == spec:
         return interpreter
     base = shutil.which(python) or sys.executable
-    if root.exists():
+    if root.is_symlink():
+        root.unlink()
+    elif root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     steps = [

@@ -113,6 +113,21 @@ def test_horizons_share_a_batch_only_where_the_first_steps_do_not_change(checkpo
                   - multi.forecast(values, 8).point[0]).max() > 1e-6
 
 
+def test_bfloat16_feed_forwards_stay_near_float32(checkpoints):
+    """dtype bfloat16 (what `auto` picks on bf16-capable CPUs): feed-forwards from the
+    second layer on in bfloat16, attention and norms in float32, as time-moe."""
+    low = load(checkpoints["patched"], dtype="bfloat16")
+    layers = low.model.layers
+    assert layers[1].ffn.gate_up.weight.dtype == torch.bfloat16
+    assert layers[0].ffn.gate_up.weight.dtype == torch.float32  # reads the values directly
+    assert layers[1].attn.wqkv.weight.dtype == torch.float32
+    full = load(checkpoints["patched"])
+    for n in (20, 200):
+        values = [SeriesInput(values=series(n, seed=n))]
+        diff = np.abs(low.forecast(values, 12).point - full.forecast(values, 12).point).max()
+        assert diff <= 0.01 * np.std(values[0].values)
+
+
 def test_weights_are_checked_strictly_by_name_and_shape(checkpoints, tmp_path):
     state = torch.load(checkpoints["patched"] / "taos.pth", weights_only=True)
     state.pop("Taos_model.Taos_layers.1.Taos_norm2.bias")

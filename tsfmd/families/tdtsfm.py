@@ -352,6 +352,10 @@ class TdtsfmFamily(Family):
     def capabilities(self) -> Capabilities:
         return self._caps
 
+    @property
+    def model(self) -> TaosDecoder:
+        return self._model
+
     def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
         horizon = int(horizon)
         patch = self._model.taos_config.input_token_len
