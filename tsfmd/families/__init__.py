@@ -19,6 +19,8 @@ _FAMILIES: Dict[str, str] = {
     "time-moe": "tsfmd.families.timemoe.family:TimeMoeFamily",
     "moment": "tsfmd.families.moment:MomentFamily",
     "moirai": "tsfmd.families.moirai:MoiraiFamily",
+    "tdtsfm": "tsfmd.families.tdtsfm:TdtsfmFamily",
+    "timesfm-2.0": "tsfmd.families.timesfm2:TimesFm20Family",
 }
 
 
