@@ -383,3 +383,39 @@ def test_two_names_of_one_interpreter_are_one_spec(tmp_path):
     env = EnvironmentSpec("e", sys.executable, ("six==1.16.0",))
     assert spec_digest(env, "v") == spec_digest(replace(env, python=str(link)), "v")
     assert spec_digest(env, "v") != spec_digest(replace(env, requirements=("six",)), "v")
+
+
+# -- the shipped registry ------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+#: TDgpt 3.4's model services -> the shipped entry: (family, environment, routes)
+TDGPT_SERVICES = {
+    "tdtsfm_1": ("tdtsfm", None, ("/tdtsfm_1", "/tdtsfm")),
+    "timemoe-fc": ("time-moe", None, ("/timemoe-fc", "/timemoe", "/ds_predict")),
+    "chronos": ("chronos-bolt", None, ("/chronos",)),
+    "moirai": ("moirai", "moirai", ("/moirai",)),
+    "timesfm": ("timesfm-2.0", None, ("/timesfm",)),
+    "moment": ("moment", "moment", ("/imputation",)),
+}
+
+
+def test_the_shipped_registry_has_an_entry_for_each_tdgpt_service():
+    from tsfmd.core.registry import load_registry
+
+    shipped = load_registry(str(REPO / "etc/tsfmd/tsfmd.yaml"))
+    for key, (family, environment, routes) in TDGPT_SERVICES.items():
+        spec = shipped.model(key)
+        assert (spec.family, spec.routes) == (family, routes), key
+        assert (spec.environment.name if spec.environment else None) == environment, key
+        assert spec.enabled == (key == "timemoe-fc"), key
+    assert shipped.environment("moirai").requirements == ("uni2ts==2.0.0",)
+    assert "momentfm==0.1.4" in shipped.environment("moment").requirements
+
+
+def test_env_list_on_the_shipped_registry_names_its_environments(tmp_path):
+    listed = run_tsfmd("env", "list", "--config", str(REPO / "etc/tsfmd/tsfmd.yaml"),
+                       "--state-dir", str(tmp_path))
+    assert listed.returncode == 1  # nothing is built in an empty state dir
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows["moirai"][1:2] == ["missing"] and rows["moirai"][-1] == "moirai"
+    assert rows["moment"][1:2] == ["missing"] and rows["moment"][3] == "4"
