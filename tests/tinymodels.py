@@ -8,6 +8,7 @@ real weights. Only the sizes are small. Seeds are fixed so a failure can be repl
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,62 @@ def forecast_ok(server, route, body):
     answer = r.json()
     assert answer["status"] == "success"
     return answer
+
+
+def tdtsfm(directory: Path, config=None, seed: int = 17) -> Path:
+    """A tdtsfm checkpoint as TDgpt ships it: `taos.pth`, a torch state dict under
+    TaosForPrediction's names, plus config.json with TaosConfig's Taos_* keys (`config`:
+    a mapping of those keys; absent ones keep the shipped values). Every tensor is random,
+    the norms' weights and biases too, so a wrong mapping of any of them shows."""
+    from tsfmd.families.tdtsfm import TaosConfig, taos_shapes
+
+    cfg = TaosConfig.from_dict(config or {})
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in taos_shapes(cfg).items():
+        base = 1.0 if key.endswith("norm1.weight") or key.endswith("norm2.weight") \
+            or key.endswith("Taos_norm.weight") else 0.0
+        state[key] = base + 0.1 * torch.randn(shape, generator=generator)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(state, directory / "taos.pth")
+    (directory / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return directory
+
+
+def timesfm20(
+    directory: Path, context_length: int = 256, horizon_length: int = 32, size=None
+) -> Path:
+    """A 2-layer TimesFM 2.0 (google/timesfm-2.0-500m-pytorch's transformers layout)."""
+    from transformers import TimesFmConfig, TimesFmModelForPrediction
+
+    torch.manual_seed(19)
+    dims = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=32, head_dim=8,
+                num_attention_heads=4)
+    dims.update(size or {})
+    config = TimesFmConfig(
+        patch_length=32, context_length=context_length, horizon_length=horizon_length,
+        freq_size=3, quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        use_positional_embedding=False, **dims,
+    )
+    model = TimesFmModelForPrediction(config)
+    with torch.no_grad():  # the init leaves some parts at 0/1; a test should see them all
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(directory)
+    return Path(directory)
+
+
+def tsfmd_check(directory: Path, models: str):
+    """`tsfmd check` (the real command) on a registry of `models` YAML, hub cache in an
+    empty state dir: (CompletedProcess, registry path)."""
+    import subprocess
+    import sys
+
+    path = Path(directory) / "tsfmd.yaml"
+    path.write_text("models:\n" + models)
+    result = subprocess.run(
+        [sys.executable, "-m", "tsfmd", "check", "--config", str(path), "--state-dir",
+         str(Path(directory) / "state")], capture_output=True, text=True, timeout=120,
+    )
+    return result, path

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     exit_report.add_parser(commands)
     from tsfmd.anode import install as anode_adapters  # light: no torch, no Flask
     anode_adapters.add_parser(commands)
+    from tsfmd.envs import cli as env_cli  # light: stdlib only
+    env_cli.add_parser(commands)
     return parser
 
 
@@ -70,7 +72,8 @@ def cmd_check(args) -> int:
 
     server = registry.server
     state_dir = args.state_dir or server.resolved_state_dir()
-    problems = {spec.key: load_problems(spec, state_dir) for spec in registry.enabled}
+    problems = {spec.key: load_problems(spec, state_dir, args.config)
+                for spec in registry.enabled}
     failing = [spec for spec in registry.enabled if problems[spec.key] and spec.required]
     verdict = "OK" if not failing else "valid, but models would not load"
     print(f"{path}: {verdict}: listen {server.host}:{server.port}, {len(registry.models)} "
@@ -79,6 +82,10 @@ def cmd_check(args) -> int:
         state = "enabled " if spec.enabled else "disabled"
         print(f"  {state} {spec.key:<20} family={spec.family:<12} routes={','.join(spec.routes)} "
               f"source={spec.source}")
+    from tsfmd.envs.cli import check_lines  # light: stdlib only
+
+    for line in check_lines(registry, state_dir):
+        print(line)
     for spec in registry.enabled:
         for problem in problems[spec.key]:
             what = "error" if spec.required else "warning"

@@ -82,6 +82,16 @@ class ConfigEdit:
         return self.before != self.after
 
 
+def forecasts(spec) -> bool:
+    """Whether the entry's family forecasts: an imputation model gets no forecast adapter."""
+    from tsfmd.families import get_family
+
+    try:
+        return "forecast" in get_family(spec.family).tasks
+    except (KeyError, ImportError):
+        return True  # an unknown family is the registry check's to report
+
+
 def plan_config(path: Path, registry: Registry, names: List[str],
                 builtins: List[str]) -> ConfigEdit:
     """The anode config with tsfmd's entries (the edit is verified here).
@@ -134,6 +144,8 @@ class InstallPlan:
     redirected: List[Tuple[str, Path]] = field(default_factory=list)
     config: Optional[ConfigEdit] = None
     blocked: List[str] = field(default_factory=list)
+    unreached: List[str] = field(default_factory=list)  # imputation keys no adapter names
+    imputation_names: List[str] = field(default_factory=list)  # the anode's own ones
 
     @property
     def changes(self) -> bool:
@@ -148,8 +160,12 @@ def plan_install(registry: Registry, anode_dir: str, config_path: str) -> Instal
     check_keys(specs)
     plan = InstallPlan(layout)
     shipped = layout.shipped_names()
-    ours = [spec for spec in specs if spec.key not in shipped]
+    ours = [spec for spec in specs if spec.key not in shipped and forecasts(spec)]
     plan.redirected = [(spec.key, shipped[spec.key]) for spec in specs if spec.key in shipped]
+    # an imputation model is reached only through an adapter the anode ships (`moment`)
+    plan.unreached = [spec.key for spec in specs if spec.key not in shipped
+                      and not forecasts(spec)]
+    plan.imputation_names = layout.imputation_names()
     adapters = render_all(ours, registry.server, registry.path)
     generated = {g.path: g.header for g in layout.generated_files()}
     targets = set()
@@ -177,7 +193,7 @@ def plan_install(registry: Registry, anode_dir: str, config_path: str) -> Instal
                 f"{path} (tsfmd adapter for {header.key}, no longer wanted) was edited since "
                 "tsfmd wrote it; remove it by hand"
             )
-    names = [spec.key for spec in specs]
+    names = [spec.key for spec in specs if spec.key not in plan.unreached]
     builtins = [key for key, _ in plan.redirected]
     plan.config = plan_config(Path(config_path), registry, names, builtins)
     return plan
@@ -212,6 +228,10 @@ def cmd_install(args) -> int:
     for key, path in plan.redirected:
         print(f"  built-in  {key}: the anode ships it ({path}); no adapter written, its URL is "
               f"pointed at tsfmd through {config_path} instead")
+    for key in plan.unreached:
+        shipped_ones = ", ".join(plan.imputation_names) or "none in this anode"
+        print(f"  skipped   {key}: it imputes, and TDgpt reaches imputation only through the "
+              f"anode's own adapters ({shipped_ones}): name the registry entry after one")
     for note in plan.config.notes:
         print(f"  config    {note}")
     if args.dry_run:
@@ -299,7 +319,7 @@ def cmd_list(args) -> int:
     shipped = layout.shipped_names()
     if registry is not None:
         try:
-            specs = [s for s in registry.enabled if s.key not in shipped]
+            specs = [s for s in registry.enabled if s.key not in shipped and forecasts(s)]
             wanted = {a.key: a for a in render_all(specs, registry.server, registry.path)}
         except AdapterError as exc:
             print(f"warning: {exc}")

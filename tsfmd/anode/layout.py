@@ -2,7 +2,9 @@
 
 Every anode release imports `lib/taosanalytics/algo/fc/*.py`; config.py-era releases also
 import `lib/taosanalytics/algo/custom/fc/*.py`, a folder for third-party adapters that cannot
-clash with built-in file names, so tsfmd writes there when it exists.
+clash with built-in file names, so tsfmd writes there when it exists. Imputation adapters
+live in `lib/taosanalytics/algo/imputat/`; tsfmd writes none, it points the anode's own
+(`moment`) at tsfmd through the config.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class AnodeLayout:
         self.package = self.anode_dir / "lib" / "taosanalytics"
         self.fc_dir = self.package / "algo" / "fc"
         self.custom_fc_dir = self.package / "algo" / "custom" / "fc"
+        #: the anode's own imputation adapters (MOMENT's `moment`); tsfmd writes none there
+        self.imputation_dir = self.package / "algo" / "imputat"
 
     def check(self) -> None:
         if not self.fc_dir.is_dir():
@@ -53,6 +57,14 @@ class AnodeLayout:
     def adapter_dirs(self) -> List[Path]:
         return [d for d in (self.fc_dir, self.custom_fc_dir) if d.is_dir()]
 
+    def imputation_dirs(self) -> List[Path]:
+        return [self.imputation_dir] if self.imputation_dir.is_dir() else []
+
+    def imputation_names(self) -> List[str]:
+        """The algo names of the anode's own imputation adapters."""
+        return sorted(name for name, path in self.shipped_names().items()
+                      if path.parent == self.imputation_dir)
+
     def generated_files(self) -> List[GeneratedFile]:
         """Every adapter file carrying tsfmd's header, in both adapter folders."""
         found = []
@@ -64,9 +76,10 @@ class AnodeLayout:
         return found
 
     def shipped_names(self) -> Dict[str, Path]:
-        """algo name -> file, for every adapter the anode has that tsfmd did not write."""
+        """algo name -> file, for every adapter the anode has that tsfmd did not write
+        (forecast adapters and its imputation ones)."""
         names: Dict[str, Path] = {}
-        for directory in self.adapter_dirs():
+        for directory in self.adapter_dirs() + self.imputation_dirs():
             for path in sorted(directory.glob("*.py")):
                 if path.name == "__init__.py":
                     continue

@@ -1,7 +1,8 @@
 """The HTTP face of tsfmd: a Flask app built by `create_app(models, ...)`.
 
 Where a request goes:
-  POST /<model route>   -> forecast (protocol.parse_request -> ModelHandle.submit -> reply)
+  POST /<model route>   -> forecast (protocol.parse_request -> ModelHandle.submit -> reply),
+                           or imputation for a model that imputes (tsfmd/api/imputation.py)
   GET  /<model route>   -> 405, as TDgpt's reference service answers its status probe
   GET  /v1/models       -> every model with status, limits and capabilities
   GET  /healthz         -> the process answers
@@ -26,6 +27,7 @@ from tsfmd.core.admission import Admission
 from tsfmd.api import ui
 from tsfmd.api.kserve import kserve_blueprint
 from tsfmd.api.forecasting import forecast_series
+from tsfmd.api.imputation import imputation_reply, serves_imputation
 from tsfmd.api.metrics import metrics_blueprint, note_model
 from tsfmd.api.native import native_api
 from tsfmd.api.statuses import HttpError, retry_headers, status_of
@@ -146,6 +148,8 @@ def create_app(
             served = ", ".join(sorted(models.table.routes)) or "none"
             raise errors.NotFound(f"no model is served at {route}; served routes: {served}")
         note_model(handle.key, route)  # /metrics labels its answer with the model
+        if serves_imputation(handle):  # TDgpt's imputation body (MOMENT's), not a forecast
+            return json_response(imputation_reply(handle, admission, request))
         if request.method != "POST":
             raise HttpError(
                 405, f"{route} serves model {handle.key}: POST a JSON forecast request",

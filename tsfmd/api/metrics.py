@@ -32,7 +32,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from tsfmd.core.admission import Admission
-from tsfmd.core.models import FAILED, LOADING, READY, Models
+from tsfmd.core.models import FAILED, LOADING, READY, RESTARTING, Models
 from tsfmd.daemon.waitress_hooks import ARRIVED
 from tsfmd.version import __version__
 
@@ -43,7 +43,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
                    60.0)
 #: requests per forward pass
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-MODEL_STATES = (LOADING, READY, FAILED)
+MODEL_STATES = (LOADING, READY, RESTARTING, FAILED)
 
 _NOTED = "tsfmd_metrics_model"  # flask.g attribute: (model key, route) of this request
 

@@ -3,7 +3,8 @@
 Each batched model has a bounded queue and one inference worker thread. The worker takes
 the oldest waiting request, waits until `max_batch` requests wait or the oldest has waited
 `max_wait_ms` (no wait while requests come one at a time), and runs them as ONE
-`family.forecast(series, longest horizon)` call under `torch.inference_mode()`. Every
+`runner.forecast(series, longest horizon)` call (tsfmd/runners: the family in this process,
+under torch.inference_mode, or one round trip to its worker process). Every
 caller gets its own batch-of-1 `Forecast`, cut to its horizon. One worker per model means
 one forward pass at a time per model: on a small CPU concurrent requests queue instead of
 fighting over the cores.
@@ -21,7 +22,9 @@ daemon turns on with `channel_request_lookahead`; a client that vanishes while i
 runs still costs its slot in that batch (a forward pass cannot drop a row half-way).
 
 If a batch raises, its members are retried one by one, so one bad series fails only its
-own request. A family declares `Capabilities.horizon_block` (read through
+own request; when the model itself is gone (its worker died: Unavailable, or was killed for
+missing the deadline: DeadlineExceeded) the whole batch gets that answer at once. A family
+declares `Capabilities.horizon_block` (read through
 `caps.batch_group(horizon)`): requests whose horizons fall in different groups never share a
 forward pass (for models whose first h steps depend on the total horizon asked for, e.g. a
 decoder that picks its output head by the steps left).
@@ -41,9 +44,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional
 
 import numpy as np
-import torch
 
-from tsfmd.families.base import Family, Forecast, SeriesInput
+from tsfmd.families.base import Forecast, SeriesInput
+from tsfmd.runners.inprocess import as_runner
 from tsfmd.core.errors import ClientGone, DeadlineExceeded, Overloaded, ServeError, Unavailable
 
 log = logging.getLogger("tsfmd.batching")
@@ -167,8 +170,8 @@ def cut(forecast: Forecast, row: int, horizon: int) -> Forecast:
 class BatchingExecutor:
     """A bounded queue and one worker thread that runs waiting requests as one batch."""
 
-    def __init__(self, model: Family, settings, key: str):
-        self.model = model
+    def __init__(self, model, settings, key: str):
+        self.runner = as_runner(model)  # a Runner, or a family run in this process
         self.key = key
         self.max_batch = int(settings.max_batch)
         self.max_wait_s = float(settings.max_wait_ms) / 1000.0
@@ -182,7 +185,7 @@ class BatchingExecutor:
         self._beat = time.monotonic()  # the worker's heartbeat
         self._batch_started: Optional[float] = None
         self._expect_company = False  # were requests concurrent lately? then gather
-        self._group = model.capabilities().batch_group  # declared: Capabilities.horizon_block
+        self._group = self.runner.capabilities().batch_group  # declared: Capabilities.horizon_block
         self._worker = threading.Thread(target=self._work, name=f"batch-{key}", daemon=True)
         self._worker.start()
 
@@ -338,13 +341,14 @@ class BatchingExecutor:
         horizon = max(j.horizon for j in jobs)
         started = time.monotonic()
         try:
-            with torch.inference_mode():
-                forecast = self.model.forecast([j.series for j in jobs], horizon)
+            forecast = self.runner.forecast([j.series for j in jobs], horizon,
+                                            max(j.deadline for j in jobs))
             _check_shape(forecast, len(jobs), horizon)
         except Exception as exc:
-            if len(jobs) == 1:
+            if len(jobs) == 1 or isinstance(exc, (Unavailable, DeadlineExceeded)):
                 with self._cond:
-                    jobs[0].finish(error=exc)
+                    for job in jobs:
+                        job.finish(error=exc)
                 return
             # One bad series must not fail the others: answer each on its own.
             with self._cond:

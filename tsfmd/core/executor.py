@@ -16,12 +16,11 @@ import threading
 import time
 from typing import Callable, Deque, Optional
 
-import torch
-
 from tsfmd.core.batching import BatchingExecutor, Stats, running_too_long, start_of
 from tsfmd.core.errors import ClientGone, Overloaded
-from tsfmd.families.base import Family, Forecast
+from tsfmd.families.base import Forecast
 from tsfmd.core.request import ForecastRequest
+from tsfmd.runners.inprocess import as_runner
 
 #: how often a caller waiting for the serial lock looks whether its client hung up
 _POLL_S = 0.25
@@ -34,8 +33,8 @@ class SerialExecutor:
     arrived overtake ones that waited long, which shows as seconds of p99 latency.
     """
 
-    def __init__(self, model: Family, key: str, settings=None):
-        self.model = model
+    def __init__(self, model, key: str, settings=None):
+        self.runner = as_runner(model)  # a Runner, or a family run in this process
         self.key = key
         self.queue_size = int(getattr(settings, "queue_size", 1 << 30))
         self.timeout_s = float(getattr(settings, "timeout_s", 3600.0))
@@ -55,11 +54,11 @@ class SerialExecutor:
         """Run `request` when the model is free; its deadline starts at `arrived`
         (time.monotonic() when it reached tsfmd), else now."""
         now = time.monotonic()
-        self._acquire(start_of(arrived, now) + self.timeout_s, disconnected)
+        deadline = start_of(arrived, now) + self.timeout_s
+        self._acquire(deadline, disconnected)
         try:
             began = self._forecast_started = time.monotonic()
-            with torch.inference_mode():
-                forecast = self.model.forecast([request.series], request.horizon)
+            forecast = self.runner.forecast([request.series], request.horizon, deadline)
             with self._lock:
                 self.stats.record_batch(1, time.monotonic() - began)
             return forecast
@@ -146,7 +145,7 @@ def _gone(disconnected: Callable[[], bool]) -> bool:
         return False
 
 
-def make_executor(model: Family, settings, key: str):
+def make_executor(model, settings, key: str):
     """The executor for one model: batched unless its registry entry turns batching off."""
     if settings is not None and settings.enabled:
         return BatchingExecutor(model, settings, key)

@@ -10,6 +10,7 @@ other settings get a new handle around the same loaded model.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -18,35 +19,43 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from tsfmd.core.errors import Unavailable
 from tsfmd.core.executor import make_executor
 from tsfmd.families import get_family
-from tsfmd.families.base import Capabilities, Family, Forecast, ModelLoadError, resolve_limit
+from tsfmd.families.base import Capabilities, Forecast, ModelLoadError, resolve_limit
 from tsfmd.core.preflight import load_spec
 from tsfmd.core.request import ForecastRequest
 from tsfmd.core.registry import ModelSpec
 from tsfmd.families.hub import source_fingerprint
 from tsfmd.families.metadata import WeightsInfo, weights_info
+from tsfmd.runners import start_runner
 
 log = logging.getLogger("tsfmd.models")
 
-LOADING, READY, FAILED = "loading", "ready", "failed"
+#: a model's status in /v1/models; RESTARTING: its worker process died and restarts
+LOADING, READY, RESTARTING, FAILED = "loading", "ready", "restarting", "failed"
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
+def worker_python(spec: ModelSpec, state_dir: str) -> Optional[str]:
+    """The interpreter of the model's worker process; None: it runs in this process."""
+    environment = spec.environment
+    if environment is not None:
+        from tsfmd.envs import env_problem, python_for
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+        problem = env_problem(environment, state_dir)
+        if problem:
+            raise ModelLoadError(problem)
+        return str(python_for(environment, state_dir))
+    return sys.executable if spec.isolation == "process" else None
 
 
 class ModelHandle:
-    """One served model: the registry entry, its load state and its executor."""
+    """One served model: the registry entry, its load state, its runner and executor."""
 
     def __init__(self, spec: ModelSpec, state_dir: str):
         self.spec = spec
         self.state_dir = state_dir
-        self.status = LOADING
-        self.reason = ""
-        self.model: Optional[Family] = None
+        self._status = LOADING
+        self._reason = ""
+        #: where the model runs (tsfmd/runners): this process or a worker process
+        self.runner = None
         self.model_caps: Optional[Capabilities] = None  # as the family reports them
         self.caps: Optional[Capabilities] = None  # what tsfmd enforces (registry limits)
         self.executor = None
@@ -63,6 +72,29 @@ class ModelHandle:
     def key(self) -> str:
         return self.spec.key
 
+    def _state(self) -> Tuple[str, str]:
+        """(status, reason): the load's, unless the loaded model's runner says otherwise
+        (its worker restarts, or failed after a crash loop)."""
+        runner = self.runner
+        if self._status == READY and runner is not None and runner.state in (RESTARTING,
+                                                                              FAILED):
+            return runner.state, runner.reason
+        return self._status, self._reason
+
+    @property
+    def status(self) -> str:
+        """loading, ready, restarting (its worker process died) or failed."""
+        return self._state()[0]
+
+    @property
+    def reason(self) -> str:
+        return self._state()[1]
+
+    @property
+    def model(self):
+        """The family object when it runs in this process (None in a worker)."""
+        return getattr(self.runner, "family", None)
+
     def load(self) -> None:
         """Load the model (blocking); never raises: a failure is recorded as `failed`."""
         started = time.monotonic()
@@ -73,18 +105,19 @@ class ModelHandle:
             problems = family.check_options(spec.options)
             if problems:
                 raise ModelLoadError("; ".join(problems))
-            loading = load_spec(spec, self.state_dir, resolve_device(spec.device))
-            model = family.load(loading)
+            # the device stays as written ("auto"): the runner resolves it with its own torch
+            loading = load_spec(spec, self.state_dir, spec.device)
+            python = worker_python(spec, self.state_dir)
+            runner = start_runner(family, loading, python)
             self.weights = weights_info(family.weights_location(loading), family.license)
-            model_caps = model.capabilities()
-            model.warm_up()
-            self._serve(model, model_caps, make_executor(model, spec.batching, spec.key))
+            self._serve(runner, runner.capabilities(),
+                        make_executor(runner, spec.batching, spec.key))
             self.load_seconds = time.monotonic() - started
-            log.info("model %s ready (%s from %s) in %.1fs", spec.key, spec.family,
-                     spec.source, self.load_seconds)
+            where = f" in a worker (pid {runner.pid}, {python})" if python else ""
+            log.info("model %s ready (%s from %s%s) in %.1fs", spec.key, spec.family,
+                     spec.source, where, self.load_seconds)
         except Exception as exc:  # any load problem must leave the others serving
-            self.status = FAILED
-            self.reason = _reason(exc)
+            self._status, self._reason = FAILED, _reason(exc)
             self.source_seen = source_fingerprint(spec.source, self.state_dir)
             # `required: false` says the model may be missing here: worth a warning only
             level = logging.ERROR if spec.required else logging.WARNING
@@ -94,39 +127,45 @@ class ModelHandle:
         finally:
             self.loaded.set()
 
-    def _serve(self, model: Family, model_caps: Capabilities, executor) -> None:
-        self.model, self.model_caps, self.executor = model, model_caps, executor
+    def _serve(self, runner, model_caps: Capabilities, executor) -> None:
+        self.runner, self.model_caps, self.executor = runner, model_caps, executor
         self.caps = serving_caps(model_caps, self.spec)
-        self.status = READY
+        self._status = READY
 
     def with_settings(self, spec: ModelSpec) -> "ModelHandle":
         """A handle serving `spec`, whose load identity is this one's, around this handle's
         loaded model: new routes, limits and description at once, a new executor only when
         the batching settings changed. A failed handle gives a failed handle."""
         handle = ModelHandle(spec, self.state_dir)
-        handle.status, handle.reason = self.status, self.reason
+        handle._status, handle._reason = self._status, self._reason
         handle.source_seen, handle.load_seconds = self.source_seen, self.load_seconds
         handle.weights = self.weights
-        if self.model is not None:
+        if self.runner is not None:
             same = spec.batching == self.spec.batching
-            executor = self.executor if same else make_executor(self.model, spec.batching,
+            executor = self.executor if same else make_executor(self.runner, spec.batching,
                                                                 spec.key)
-            handle._serve(self.model, self.model_caps, executor)
+            handle._serve(self.runner, self.model_caps, executor)
         handle.loaded.set()
         return handle
 
     def worth_retrying(self) -> bool:
         """For a failed model whose entry did not change: are its files on this machine now,
-        and not the ones the failed load saw? Looks offline: a reload never goes to the
-        network for a model the registry did not change."""
+        and not the ones the failed load saw (or did its worker fail after it loaded)? Looks
+        offline: a reload never goes to the network for a model the registry did not change."""
+        if self._status == READY:
+            return True  # loaded, then its worker crash-looped: a reload tries it again
         now = source_fingerprint(self.spec.source, self.state_dir)
         return now is not None and now != self.source_seen
 
     def ready_capabilities(self) -> Capabilities:
         """The model's capabilities, or Unavailable saying why it cannot answer now."""
-        if self.status == LOADING:
+        status = self.status
+        if status == LOADING:
             raise Unavailable(f"model {self.key} is still loading; retry shortly", retry_after=5)
-        if self.status == FAILED:
+        if status == RESTARTING:
+            raise Unavailable(f"model {self.key} is restarting its worker ({self.reason}); "
+                              "retry shortly", retry_after=self.runner.retry_after())
+        if status == FAILED:
             raise Unavailable(f"model {self.key} is not available: {self.reason}")
         return self.caps
 
@@ -151,9 +190,12 @@ class ModelHandle:
             "description": self.spec.description,
             "device": self.spec.device,
             "dtype": self.spec.dtype,
+            "isolation": self.spec.isolation,
             **self.weights.as_dict(),
         }
-        if self.status == FAILED:
+        if self.runner is not None and self.runner.kind != "inprocess":
+            info["worker"] = self.runner.describe()
+        if info["status"] in (FAILED, RESTARTING):
             info["reason"] = self.reason
         if self.change_error:
             info["reload_error"] = self.change_error
@@ -179,7 +221,7 @@ class ModelHandle:
     def _unshared(self, successor: Optional["ModelHandle"]) -> dict:
         """The executor and model this handle holds that `successor` (the handle serving
         its key now, if any) does not share: what retiring this handle closes."""
-        held = {"executor": self.executor, "model": self.model}
+        held = {"executor": self.executor, "runner": self.runner}
         return {name: own for name, own in held.items() if own is not None
                 and (successor is None or getattr(successor, name) is not own)}
 
@@ -187,10 +229,11 @@ class ModelHandle:
         return bool(self._unshared(successor))
 
     def retire(self, successor: Optional["ModelHandle"] = None) -> None:
-        """Close the executor, then the model, unless `successor` serves on with them."""
+        """Close the executor, then the runner (a worker process ends), unless `successor`
+        serves on with them."""
         for own in self._unshared(successor).values():
             own.close()
-        self.model = None
+        self.runner = None
 
     def close(self) -> None:
         self.retire(None)
@@ -226,9 +269,10 @@ class ModelTable:
         handles = list(self.handles.values())
         ready = [h for h in handles if h.status == READY]
         text = f"serving {len(ready)} of {len(handles)} models"
-        loading = [h.key for h in handles if h.status == LOADING]
-        if loading:
-            text += f"; loading {', '.join(loading)}"
+        for state in (LOADING, RESTARTING):
+            waiting = [h.key for h in handles if h.status == state]
+            if waiting:
+                text += f"; {state} {', '.join(waiting)}"
         for h in handles:
             if h.status == FAILED:
                 text += f"; {h.key} failed{'' if h.spec.required else ' (not required)'}: " \

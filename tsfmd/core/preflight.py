@@ -11,6 +11,7 @@ from typing import List, Optional
 from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, ModelLoadError
 from tsfmd.core.registry import ModelSpec
+from tsfmd.envs import env_problem
 
 
 def load_spec(spec: ModelSpec, state_dir: Optional[str], device: str) -> LoadSpec:
@@ -23,13 +24,21 @@ def load_spec(spec: ModelSpec, state_dir: Optional[str], device: str) -> LoadSpe
     )
 
 
-def load_problems(spec: ModelSpec, state_dir: Optional[str]) -> List[str]:
-    """Why `spec` would fail to load on this machine, one line each; [] when it would not."""
+def load_problems(spec: ModelSpec, state_dir: Optional[str],
+                  config: Optional[str] = None) -> List[str]:
+    """Why `spec` would fail to load on this machine, one line each; [] when it would not.
+    `config`: the registry file, named in the command that builds a missing environment."""
+    problems = []
+    if spec.environment is not None:
+        missing_env = env_problem(spec.environment, state_dir, config)
+        if missing_env:
+            problems.append(missing_env)
     try:
         family = get_family(spec.family)
     except Exception as exc:  # a family module that cannot be imported here
-        return [f"family {spec.family} cannot be imported: {type(exc).__name__}: {exc}"]
-    problems = family.check_options(spec.options)
+        return problems + [f"family {spec.family} cannot be imported: {type(exc).__name__}: "
+                           f"{exc}"]
+    problems += family.check_options(spec.options)
     try:
         family.check_source(load_spec(spec, state_dir, spec.device))
     except ModelLoadError as exc:

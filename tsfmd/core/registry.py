@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -16,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import yaml
 
 from tsfmd.core import tokens as token_files
+from tsfmd.envs.spec import EnvironmentSpec
 from tsfmd.families import family_names
 
 #: the paths tsfmd answers itself; a model route may not take them
@@ -73,7 +75,11 @@ class AdapterSettings:
 #: around the same loaded model. `context_limit` is here because a family may keep that
 #: many points of its own history while it decodes (TimesFM does); `horizon_limit` is not:
 #: tsfmd alone enforces it, from the model's capabilities.
-LOAD_FIELDS = ("family", "source", "device", "dtype", "context_limit", "options")
+LOAD_FIELDS = ("family", "source", "device", "dtype", "context_limit", "options",
+               "environment",  # an edited environment spec reloads its models
+               "isolation")
+#: `isolation:` where a model runs: in the daemon's process, or in a worker process of its own
+ISOLATIONS = ("inprocess", "process")
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,11 @@ class ModelSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    #: the `environments:` entry this model's worker runs in; None: the daemon's own
+    environment: Optional[EnvironmentSpec] = None
+    #: "process": a worker process on the daemon's own interpreter (tsfmd/runners); an
+    #: entry with an `environment:` always runs in a worker of that environment
+    isolation: str = "inprocess"
 
     @property
     def routes(self) -> Tuple[str, ...]:
@@ -172,6 +183,7 @@ class Registry:
     server: ServerSettings
     models: Tuple[ModelSpec, ...]
     warnings: Tuple[str, ...] = ()
+    environments: Tuple[EnvironmentSpec, ...] = ()
 
     @property
     def enabled(self) -> Tuple[ModelSpec, ...]:
@@ -182,6 +194,12 @@ class Registry:
             if spec.key == key:
                 return spec
         raise KeyError(key)
+
+    def environment(self, name: str) -> EnvironmentSpec:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        raise KeyError(name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,9 +263,11 @@ _AUTH_FIELDS = {"tokens_file", "protect_tdgpt_routes", "adapter_token_file"}
 _MODEL_FIELDS = {
     "family", "source", "route", "aliases", "device", "dtype", "context_limit",
     "horizon_limit", "enabled", "required", "description", "options", "batching", "adapter",
+    "environment", "isolation",
 }
 _BATCHING_FIELDS = {"enabled", "max_batch", "max_wait_ms", "queue_size", "timeout_s"}
 _ADAPTER_FIELDS = {"connect_timeout_s", "read_timeout_s"}
+_ENVIRONMENT_FIELDS = {"python", "requirements", "pip_options", "path"}
 
 
 class _Validator:
@@ -255,6 +275,8 @@ class _Validator:
         self.path = path
         self.problems: List[str] = []
         self.warnings: List[str] = []
+        self.environments: Dict[str, EnvironmentSpec] = {}
+        self.broken_environments: set = set()
 
     def problem(self, where: str, text: str) -> None:
         self.problems.append(f"{self.path}: {where}: {text}")
@@ -265,12 +287,14 @@ class _Validator:
         if not isinstance(document, dict):
             self.problem("top level", "must be a mapping with `server:` and `models:`")
             raise RegistryError(self.path, self.problems)
-        self._unknown(document, {"server", "models"}, "top level")
+        self._unknown(document, {"server", "environments", "models"}, "top level")
         server = self.server(document.get("server") or {})
+        self.environments = self.environments_section(document.get("environments"))
         models = self.models(document.get("models"))
         if self.problems:
             raise RegistryError(self.path, self.problems)
-        return Registry(self.path, server, tuple(models), tuple(self.warnings))
+        return Registry(self.path, server, tuple(models), tuple(self.warnings),
+                        tuple(self.environments.values()))
 
     def _unknown(self, mapping: dict, known: set, where: str) -> None:
         for name in mapping:
@@ -436,6 +460,10 @@ class _Validator:
         if not isinstance(options, dict):
             self.problem(f"{where}.options", "must be a mapping")
             options = {}
+        isolation = self._str(entry, "isolation", where, "inprocess")
+        if isolation not in ISOLATIONS:
+            self.problem(f"{where}.isolation",
+                         f"must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         return ModelSpec(
             key=key,
             family=family,
@@ -452,6 +480,8 @@ class _Validator:
             options=dict(options),
             batching=self.batching(entry.get("batching"), f"{where}.batching"),
             adapter=self.adapter(entry.get("adapter"), f"{where}.adapter"),
+            environment=self.model_environment(entry, where),
+            isolation=isolation,
         )
 
     def batching(self, section: Any, where: str) -> BatchingSettings:
@@ -484,6 +514,73 @@ class _Validator:
             ),
             read_timeout_s=self._number(section, "read_timeout_s", where, d.read_timeout_s, 0.001),
         )
+
+    # -- environments (tsfmd/envs) ------------------------------------------------------
+
+    def environments_section(self, section: Any) -> Dict[str, EnvironmentSpec]:
+        if section is None:
+            return {}
+        if not isinstance(section, dict):
+            self.problem("environments", "must be a mapping of name -> environment")
+            return {}
+        found = {}
+        for name, entry in section.items():
+            env = self.environment(str(name), entry)
+            if env is not None:
+                found[env.name] = env
+            else:  # reported once, here; its models are not also told it is unknown
+                self.broken_environments.add(str(name))
+        return found
+
+    def environment(self, name: str, entry: Any) -> Optional[EnvironmentSpec]:
+        where = f"environments.{name}"
+        if not _KEY.match(name):
+            self.problem(where, "the name must be letters, digits, '-', '_' or '.'")
+            return None
+        if not isinstance(entry, dict):
+            self.problem(where, "must be a mapping with at least `requirements`")
+            return None
+        self._unknown(entry, _ENVIRONMENT_FIELDS, where)
+        python = self._str(entry, "python", where, None) or sys.executable
+        if not os.path.isabs(python):
+            self.problem(f"{where}.python", f"must be an absolute path to an interpreter, "
+                         f"got {python!r}")
+        if "requirements" not in entry:
+            self.problem(f"{where}.requirements", "missing: the pip requirements to install "
+                         "(the worker needs numpy and the family's library)")
+        requirements = self._strings(entry, "requirements", where)
+        for text in requirements:
+            if text.startswith("-"):
+                self.problem(f"{where}.requirements", f"{text!r} is a pip option: put it "
+                             "under pip_options")
+        path = self._str(entry, "path", where, None)
+        if path is not None and not os.path.isabs(path):
+            self.problem(f"{where}.path", f"must be an absolute path, got {path!r}")
+        return EnvironmentSpec(name=name, python=python, requirements=requirements,
+                               pip_options=self._strings(entry, "pip_options", where), path=path)
+
+    def _strings(self, mapping, name, where) -> Tuple[str, ...]:
+        value = mapping.get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) and v.strip() for v in value):
+            self.problem(f"{where}.{name}", f"must be a list of non-empty strings, got {value!r}")
+            return ()
+        return tuple(v.strip() for v in value)
+
+    def model_environment(self, entry: dict, where: str) -> Optional[EnvironmentSpec]:
+        name = self._str(entry, "environment", where, None)
+        if name is None:
+            return None
+        if name in self.broken_environments:
+            return None
+        if name not in self.environments:
+            defined = ", ".join(sorted(self.environments)) or "none"
+            self.problem(f"{where}.environment", f"unknown environment {name!r} (defined under "
+                         f"`environments:`: {defined})")
+            return None
+        return self.environments[name]
 
     def _route(self, route: Any, where: str) -> str:
         if not isinstance(route, str) or not _ROUTE.match(route) or "//" in route:

@@ -17,6 +17,10 @@ _FAMILIES: Dict[str, str] = {
     "chronos-2": "tsfmd.families.chronos:Chronos2Family",
     "timesfm-2.5": "tsfmd.families.timesfm:TimesFm25Family",
     "time-moe": "tsfmd.families.timemoe.family:TimeMoeFamily",
+    "moment": "tsfmd.families.moment:MomentFamily",
+    "moirai": "tsfmd.families.moirai:MoiraiFamily",
+    "tdtsfm": "tsfmd.families.tdtsfm:TdtsfmFamily",
+    "timesfm-2.0": "tsfmd.families.timesfm2:TimesFm20Family",
 }
 
 

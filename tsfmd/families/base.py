@@ -7,6 +7,8 @@ a distributed serving engine, without changing.
 
 To add a family: subclass `Family`, implement `load`, `capabilities` and `forecast`, and
 name it in `tsfmd/families/__init__.py`. `tsfmd/families/fracast.py` is the shortest example.
+A family that fills gaps instead of forecasting (MOMENT) declares `tasks=("impute",)` and
+implements `impute`; its `forecast` raises Unsupported.
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ class Capabilities:
     #: first steps change with the steps asked for (Chronos-2 decodes output patches of n
     #: steps that attend to each other; Time-MoE picks its head by the steps left: n = 1).
     horizon_block: int = 0
+    #: what the model does: "forecast" (every route of TDgpt's forecast protocol) and/or
+    #: "impute" (TDgpt's imputation body on the model's route, Family.impute)
+    tasks: tuple = ("forecast",)
 
     @property
     def intervals(self) -> bool:
@@ -121,6 +126,9 @@ class Family(abc.ABC):
     license: Optional[str] = None
     #: the files a hub download fetches (`tsfmd pull`, the daemon): glob patterns; None: all
     hub_patterns: Optional[Sequence[str]] = None
+    #: what the family's models do, known before any load: `tsfmd adapters install` writes
+    #: forecast adapters only for "forecast"; a loaded model says it in Capabilities.tasks
+    tasks: tuple = ("forecast",)
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> List[str]:
@@ -167,11 +175,26 @@ class Family(abc.ABC):
         horizon beyond what `Capabilities.horizon_block` declares.
         """
 
+    def impute(self, batch: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Fill the gaps of every series in `batch` (models whose tasks include "impute").
+
+        Each array is float64 with NaN where a point is missing and at least one observed
+        point; the answer has one array per series, as long as it, with every point finite
+        and every observed point exactly as given. Series may be longer than
+        `context_limit`: the family imputes them window by window.
+        """
+        raise Unsupported(f"family {self.name or type(self).__name__} does not impute")
+
     def warm_up(self) -> None:
-        """Run one small forecast so the first real request is not slow."""
+        """Run one small forecast (or imputation) so the first real request is not slow."""
         caps = self.capabilities()
         length = max(caps.min_context, min(64, caps.context_limit))
         values = np.sin(np.arange(length, dtype=np.float32) / 4.0)
+        if "forecast" not in caps.tasks:
+            gappy = values.astype(np.float64)
+            gappy[length // 2] = np.nan
+            self.impute([gappy])
+            return
         self.forecast([SeriesInput(values=values)], min(8, caps.horizon_limit))
 
     def close(self) -> None:

@@ -78,16 +78,7 @@ class TimesFm25Family(Family):
                 f"model_type {config.get('model_type')!r}, family timesfm-2.5 needs {MODEL_TYPE!r} "
                 "(the google/timesfm-2.5-200m-transformers layout)"
             )
-        dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16", "float16"))
-        try:
-            with LIBRARY_LOCK:
-                model = TimesFm2_5ModelForPrediction.from_pretrained(str(directory), dtype=dtype)
-            model = model.to(spec.device).eval()
-        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"cannot load timesfm-2.5 from {directory}: {exc}") from exc
-        levels = tuple(float(q) for q in model.config.quantiles)
-        if 0.5 not in levels:
-            raise ModelLoadError(f"{directory}: quantiles {levels} have no median (0.5)")
+        model, levels = load_pretrained(TimesFm2_5ModelForPrediction, spec, directory, cls.name)
         caps = Capabilities(
             context_limit=resolve_limit(spec.context_limit, model.config.context_length),
             horizon_limit=resolve_limit(spec.horizon_limit, MAX_HORIZON),
@@ -141,3 +132,19 @@ class TimesFm25Family(Family):
                 past_values=past, forecast_context_len=window, truncate_negative=False
             )
         return output.full_predictions.float().cpu()
+
+
+def load_pretrained(model_class, spec: LoadSpec, directory, family: str):
+    """`model_class.from_pretrained(directory)` in the registry's dtype, on its device, in
+    eval mode -> (model, its quantile levels); the levels must hold the median."""
+    dtype = torch_dtype(spec, family, ("float32", "bfloat16", "float16"))
+    try:
+        with LIBRARY_LOCK:
+            model = model_class.from_pretrained(str(directory), dtype=dtype)
+        model = model.to(spec.device).eval()
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"cannot load {family} from {directory}: {exc}") from exc
+    levels = tuple(float(q) for q in model.config.quantiles)
+    if 0.5 not in levels:
+        raise ModelLoadError(f"{directory}: quantiles {levels} have no median (0.5)")
+    return model, levels

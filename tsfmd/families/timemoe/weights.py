@@ -89,7 +89,13 @@ def check_keys(cfg: TimeMoeConfig, tensors: Mapping[str, torch.Tensor]) -> None:
 
 def check_shapes(cfg: TimeMoeConfig, shapes: Mapping[str, Tuple[int, ...]]) -> None:
     """check_keys on the shapes alone (a safetensors header): no tensor is read."""
-    expected = official_shapes(cfg)
+    compare_shapes(official_shapes(cfg), shapes)
+
+
+def compare_shapes(
+    expected: Mapping[str, Tuple[int, ...]], shapes: Mapping[str, Tuple[int, ...]]
+) -> None:
+    """Strict: CheckpointError naming missing, unexpected and misshapen keys (any layout)."""
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     misshapen = [

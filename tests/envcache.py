@@ -1,0 +1,46 @@
+"""Heavy test environments (moirai's, moment's), built once with tsfmd's own builder and
+reused while their spec is unchanged.
+
+They live in $TSFMD_TEST_ENVS (default ~/.cache/tsfmd/test-envs): CI keeps that directory
+between runs (.ci/run), so a 6 GB uni2ts environment is built once per spec change, not once
+per run. A test that needs one calls `test_env(...)` and gets the EnvironmentSpec to put in
+its registry; a build failure fails the test (never a skip).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tsfmd.envs import EnvironmentSpec, env_state
+from tsfmd.envs.build import build
+
+
+def test_envs_dir() -> Path:
+    return Path(os.environ.get("TSFMD_TEST_ENVS")
+                or Path.home() / ".cache" / "tsfmd" / "test-envs")
+
+
+def test_env(name: str, requirements: Sequence[str], pip_options: Sequence[str] = (),
+             python: str = sys.executable) -> EnvironmentSpec:
+    """The environment `name` under test_envs_dir(), built now unless it is up to date."""
+    env = EnvironmentSpec(name=name, python=python, requirements=tuple(requirements),
+                          pip_options=tuple(pip_options), path=str(test_envs_dir() / name))
+    build(env, None, say=lambda text: print(f"test env: {text}", flush=True))
+    assert env_state(env, None) == "ready"
+    return env
+
+
+def environments_yaml(*envs: EnvironmentSpec) -> str:
+    """The registry's `environments:` section naming these (already built) environments."""
+    lines = ["environments:"]
+    for env in envs:
+        lines += [f"  {env.name}:", f"    python: {env.python}",
+                  f"    requirements: {list(env.requirements)!r}",
+                  f"    pip_options: {list(env.pip_options)!r}", f"    path: {env.path}"]
+    return "\n".join(lines) + "\n"
+
+
+test_env.__test__ = False  # not a test: pytest collects names starting with test_
+test_envs_dir.__test__ = False
