@@ -178,6 +178,10 @@ def test_a_crash_loop_ends_failed_with_the_workers_stderr(tsfmd_server, tmp_path
     assert refused.status_code == 503 and "crash loop" in refused.json()["error"]
     assert server.get("/readyz").status_code == 503
     assert server.post("/other", {"input": SERIES, "next_len": 4}).status_code == 200
+    marker.unlink()  # the operator fixed the cause; a reload loads it again
+    assert server.daemon.reload() is True
+    assert info(server, "c")["status"] == "ready"
+    assert server.post("/c", {"input": [1.0, 2.0], "next_len": 1}).json()["output"] == [3.0]
 
 
 def test_a_worker_that_segfaults_on_load_fails_that_model_only(tsfmd_server, tmp_path):

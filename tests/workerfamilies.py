@@ -11,7 +11,8 @@ It imports only numpy, so its worker starts in a fraction of a second. Its cues,
 - a series whose first value is HANG: forecast blocks forever (a wedged library);
 - a series whose first value is BAD: the family raises BadInput (a 400 the worker forwards);
 - a series whose first value is BOOM: the family raises RuntimeError (the model's fault).
-The forecast itself is exact arithmetic: the last value plus the step number.
+The forecast itself is exact arithmetic: the last value plus the step number; `impute`
+fills each missing point with the mean of the observed ones.
 """
 from __future__ import annotations
 
@@ -78,3 +79,11 @@ class FaultFamily(Family):
         steps = np.arange(1, horizon + 1, dtype=np.float64)
         point = np.stack([float(s.values[-1]) + steps for s in batch])
         return Forecast(point=point)
+
+    def impute(self, batch: Sequence[np.ndarray]):
+        filled = []
+        for values in batch:
+            values = np.array(values, dtype=np.float64)
+            values[np.isnan(values)] = np.nanmean(values)
+            filled.append(values)
+        return filled

@@ -23,7 +23,8 @@ runs still costs its slot in that batch (a forward pass cannot drop a row half-w
 
 If a batch raises, its members are retried one by one, so one bad series fails only its
 own request; when the model itself is gone (its worker died: Unavailable, or was killed for
-missing the deadline: DeadlineExceeded) the whole batch gets that answer at once. A family declares `Capabilities.horizon_block` (read through
+missing the deadline: DeadlineExceeded) the whole batch gets that answer at once. A family
+declares `Capabilities.horizon_block` (read through
 `caps.batch_group(horizon)`): requests whose horizons fall in different groups never share a
 forward pass (for models whose first h steps depend on the total horizon asked for, e.g. a
 decoder that picks its output head by the steps left).

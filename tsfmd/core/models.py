@@ -35,10 +35,13 @@ LOADING, READY, RESTARTING, FAILED = "loading", "ready", "restarting", "failed"
 
 def worker_python(spec: ModelSpec, state_dir: str) -> Optional[str]:
     """The interpreter of the model's worker process; None: it runs in this process."""
-    environment = getattr(spec, "environment", None)
+    environment = spec.environment
     if environment is not None:
-        from tsfmd.envs import python_for
+        from tsfmd.envs import env_problem, python_for
 
+        problem = env_problem(environment, state_dir)
+        if problem:
+            raise ModelLoadError(problem)
         return str(python_for(environment, state_dir))
     return sys.executable if spec.isolation == "process" else None
 
@@ -69,30 +72,23 @@ class ModelHandle:
     def key(self) -> str:
         return self.spec.key
 
-    @property
-    def status(self) -> str:
-        """loading, ready, failed; a loaded model in a worker also restarting, or failed
-        after a crash loop (its runner says)."""
+    def _state(self) -> Tuple[str, str]:
+        """(status, reason): the load's, unless the loaded model's runner says otherwise
+        (its worker restarts, or failed after a crash loop)."""
         runner = self.runner
         if self._status == READY and runner is not None and runner.state in (RESTARTING,
                                                                               FAILED):
-            return runner.state
-        return self._status
+            return runner.state, runner.reason
+        return self._status, self._reason
 
-    @status.setter
-    def status(self, value: str) -> None:
-        self._status = value
+    @property
+    def status(self) -> str:
+        """loading, ready, restarting (its worker process died) or failed."""
+        return self._state()[0]
 
     @property
     def reason(self) -> str:
-        runner = self.runner
-        if self._status == READY and runner is not None and runner.state != READY:
-            return runner.reason
-        return self._reason
-
-    @reason.setter
-    def reason(self, value: str) -> None:
-        self._reason = value
+        return self._state()[1]
 
     @property
     def model(self):
@@ -121,8 +117,7 @@ class ModelHandle:
             log.info("model %s ready (%s from %s%s) in %.1fs", spec.key, spec.family,
                      spec.source, where, self.load_seconds)
         except Exception as exc:  # any load problem must leave the others serving
-            self.status = FAILED
-            self.reason = _reason(exc)
+            self._status, self._reason = FAILED, _reason(exc)
             self.source_seen = source_fingerprint(spec.source, self.state_dir)
             # `required: false` says the model may be missing here: worth a warning only
             level = logging.ERROR if spec.required else logging.WARNING
@@ -135,14 +130,14 @@ class ModelHandle:
     def _serve(self, runner, model_caps: Capabilities, executor) -> None:
         self.runner, self.model_caps, self.executor = runner, model_caps, executor
         self.caps = serving_caps(model_caps, self.spec)
-        self.status = READY
+        self._status = READY
 
     def with_settings(self, spec: ModelSpec) -> "ModelHandle":
         """A handle serving `spec`, whose load identity is this one's, around this handle's
         loaded model: new routes, limits and description at once, a new executor only when
         the batching settings changed. A failed handle gives a failed handle."""
         handle = ModelHandle(spec, self.state_dir)
-        handle.status, handle.reason = self.status, self.reason
+        handle._status, handle._reason = self._status, self._reason
         handle.source_seen, handle.load_seconds = self.source_seen, self.load_seconds
         handle.weights = self.weights
         if self.runner is not None:
@@ -155,8 +150,10 @@ class ModelHandle:
 
     def worth_retrying(self) -> bool:
         """For a failed model whose entry did not change: are its files on this machine now,
-        and not the ones the failed load saw? Looks offline: a reload never goes to the
-        network for a model the registry did not change."""
+        and not the ones the failed load saw (or did its worker fail after it loaded)? Looks
+        offline: a reload never goes to the network for a model the registry did not change."""
+        if self._status == READY:
+            return True  # loaded, then its worker crash-looped: a reload tries it again
         now = source_fingerprint(self.spec.source, self.state_dir)
         return now is not None and now != self.source_seen
 

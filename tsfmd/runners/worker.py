@@ -3,9 +3,9 @@
 It loads one model and answers the daemon's frames (tsfmd/runners/protocol.py) on its
 stdin/stdout: `load` (import the family, load, warm up; answer the capabilities), `forecast`
 and `impute` (one batch each), `close`; a standby worker first gets `prepare` (import the
-family's module and torch, so that a restart skips the interpreter's start and imports). Anything the family or its libraries print goes to
-stderr, which the daemon reads and logs: the reply pipe is a private copy of stdout, and
-fd 1 then points at stderr. The worker ends with the daemon: the kernel SIGKILLs it when
+family's module and torch, so that a restart skips the interpreter's start and imports).
+Anything the family or its libraries print goes to stderr, which the daemon reads and logs:
+the reply pipe is a private copy of stdout, and fd 1 then points at stderr. The worker ends with the daemon: the kernel SIGKILLs it when
 the daemon dies (PR_SET_PDEATHSIG), it exits when its parent is not the daemon that
 started it, and at the end of its request pipe.
 Only the stdlib, numpy and the family's own modules are imported here.
@@ -67,7 +67,7 @@ class Worker:
         if op == "prepare":  # a standby worker: import now what a load will need
             _family_class(header["target"])
             if importlib.util.find_spec("torch") is not None:
-                import torch  # noqa: F401 (most families' library; seconds to import)
+                importlib.import_module("torch")  # most families' library; seconds to import
             return {"ok": True, "pid": os.getpid()}, []
         if op == "load":
             spec = LoadSpec(**header["spec"])
