@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     exit_report.add_parser(commands)
     from tsfmd.anode import install as anode_adapters  # light: no torch, no Flask
     anode_adapters.add_parser(commands)
+    from tsfmd.ray import config as ray_config  # light: writes YAML, never imports ray
+    ray_config.add_parser(commands)
     return parser
 
 
