@@ -48,7 +48,7 @@ class ModelReplica:
     def __init__(self, key: str, registry: dict):
         parsed = parse_registry(yaml.safe_dump(registry), f"<ray config of {key}>")
         spec = parsed.model(key)
-        _set_torch_threads()
+        _set_torch_threads(parsed.server.torch_threads)
         self.handle = ModelHandle(spec, parsed.server.resolved_state_dir())
         self.handle.load()  # never raises: a failure shows as `failed`, as in the daemon
         self.calls = ThreadPoolExecutor(_CALL_THREADS, thread_name_prefix=f"call-{key}")
@@ -90,13 +90,14 @@ class ModelReplica:
             handle.close()
 
 
-def _set_torch_threads() -> None:
-    """The replica's intra-op threads: the CPUs Ray reserved for it (at least one)."""
+def _set_torch_threads(configured) -> None:
+    """The replica's intra-op threads: `server.torch_threads`, else the CPUs Ray reserved
+    for it (at least one)."""
     import ray
     import torch
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(configured or max(1, int(cpus)))
 
 
 def model(args: dict):
