@@ -42,6 +42,8 @@ log = logging.getLogger("tsfmd.ray")
 
 #: how often the ingress asks each model's replicas for their state
 REFRESH_S = 1.0
+#: the longest a starting ingress waits for the models' first answers
+FIRST_REFRESH_S = 10.0
 #: headers of one hop, never copied from the app's answer
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"}
 
@@ -61,15 +63,19 @@ class Ingress:
         self.flask = create_app(self.models, server.max_request_bytes, None, Admission(None))
         auth.install(self.flask, self.models, server.auth)
         self.calls = ThreadPoolExecutor(INGRESS_MAX_ONGOING, thread_name_prefix="ingress")
-        self._stop = threading.Event()
-        threading.Thread(target=self._refresh, name="refresh-models", daemon=True).start()
+        self._stop, refreshed = threading.Event(), threading.Event()
+        threading.Thread(target=self._refresh, args=(refreshed,), name="refresh-models",
+                         daemon=True).start()
+        # a replacement ingress (a redeploy) takes traffic once it knows which models serve
+        refreshed.wait(FIRST_REFRESH_S)
 
-    def _refresh(self) -> None:
+    def _refresh(self, refreshed: threading.Event) -> None:
         while not self._stop.is_set():
             try:
                 refresh_all(list(self.models.table.handles.values()))
             except Exception:  # never let the refresher die: the state would freeze
                 log.exception("refreshing the models' state failed")
+            refreshed.set()
             self._stop.wait(REFRESH_S)
 
     async def __call__(self, request: Request) -> Response:

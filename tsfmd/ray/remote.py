@@ -17,6 +17,7 @@ request cancelled. No request waits longer than that.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import replace
 from typing import Callable, Optional
@@ -36,6 +37,8 @@ GRACE_S = 5.0
 #: what a Ray failure tells the client to wait before retrying (Serve replaces a replica
 #: in seconds; a Retry-After of 1 lets TDgpt's next SQL forecast try again at once)
 RETRY_AFTER_S = 1
+#: the longest a request waits for the replicas' state when the ingress has none yet
+ASK_NOW_S = 5.0
 
 
 def error_record(exc: errors.ServeError) -> dict:
@@ -103,6 +106,7 @@ class RemoteHandle:
         self._info: dict = {}
         self._deployment_handle = deployment_handle
         self._deployment = None
+        self._asking = threading.Lock()
 
     @property
     def key(self) -> str:
@@ -139,11 +143,25 @@ class RemoteHandle:
         self._info = answer["info"]
         self.executor.replica_view = answer["info"].get("batching") or {}
 
+    def _ask_now(self) -> None:
+        """A request for a model whose state this ingress does not know yet (it just
+        started, the model is new) asks the replicas itself, one request at a time and
+        bounded, instead of answering "loading" for a model that serves."""
+        if not self._asking.acquire(timeout=ASK_NOW_S):
+            return
+        try:
+            if self.status == LOADING:
+                self.take(self.ask(), ASK_NOW_S)
+        finally:
+            self._asking.release()
+
     def _not_answering(self, exc: BaseException) -> None:
         if self.status == LOADING:
             self.reason = f"no replica has answered yet ({type(exc).__name__})"
 
     def ready_capabilities(self):
+        if self.status == LOADING:
+            self._ask_now()
         if self.status == LOADING:
             raise errors.Unavailable(f"model {self.key} is still loading on Ray Serve; retry "
                                      "shortly", retry_after=5)
