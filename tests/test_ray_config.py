@@ -200,3 +200,22 @@ def test_writing_the_config_does_not_import_ray(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_adapters_install_url_points_tdgpt_at_the_ray_proxy(tmp_path):
+    """`tsfmd adapters install --url`: the anode's entries and adapters use the Ray proxy."""
+    from anode_standin.lab import adapters, configured_urls, fracast_entry, make_anode, \
+        write_registry
+
+    anode, config = make_anode(tmp_path, "ini")
+    models = fracast_entry("fracast-fc") + fracast_entry("timemoe-fc")
+    registry = write_registry(tmp_path / "tsfmd.yaml", 5077, models, "127.0.0.1")
+    proxy = "http://ray-head.internal:8000"
+    code, _, err = adapters("install", anode, config, registry, "--url", proxy)
+    assert code == 0, err
+    urls = configured_urls(anode, "ini", config, ["fracast-fc", "timemoe-fc"])
+    assert urls == {"fracast-fc": f"{proxy}/fracast-fc", "timemoe-fc": f"{proxy}/timemoe-fc"}
+    module = anode / "lib/taosanalytics/algo/fc/tsfmd_fracast_fc.py"
+    assert f"{proxy}/fracast-fc" in module.read_text()
+    code, _, err = adapters("install", anode, config, registry, "--url", f"{proxy}/sub")
+    assert code != 0 and "--url must be http://HOST[:PORT]" in err
