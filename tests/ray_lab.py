@@ -52,6 +52,9 @@ class RayCluster:
         return done.stdout
 
     def start(self) -> "RayCluster":
+        # Ray swaps a loopback node address for this host's own one (ray._private.services.
+        # resolve_ip_for_localhost) and binds its gRPC ports on all interfaces: the nodes
+        # talk over this machine's own address, the HTTP proxy listens on 127.0.0.1 only
         common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
         self._run([str(BIN / "ray"), "start", "--head", "--port", str(self.port),
                    "--num-cpus", str(self.head_cpus), "--include-dashboard", "false",

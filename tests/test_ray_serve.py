@@ -197,12 +197,13 @@ def test_a_killed_replica_costs_clear_503s_and_serve_replaces_it(lab):
     try:
         wait_until(lambda: sum(1 for r in results if r[0] == 200) >= 10, timeout=60)
         os.kill(before, signal.SIGKILL)
-        killed_at = len(results)
+        killed_at, killed_time = len(results), time.monotonic()
 
         def replaced():
             model = lab.model("fracast-fc")
             return model["status"] == "ready" and model["ray"]["replica_pid"] != before
         wait_until(replaced, timeout=120, interval=0.5)
+        replaced_after = time.monotonic() - killed_time
         # and the new replica serves the load
         wait_until(lambda: sum(1 for r in results[killed_at:] if r[0] == 200) >= 10, timeout=60)
     finally:
@@ -211,7 +212,8 @@ def test_a_killed_replica_costs_clear_503s_and_serve_replaces_it(lab):
             thread.join(timeout=3 * TIMEOUT_S + 40)
     assert not any(thread.is_alive() for thread in threads), "a client hangs"
     failed = [r for r in results if r[0] != 200]
-    print(f"\nkilled replica {before}: {len(failed)} of {len(results)} requests failed: "
+    print(f"\nkilled replica {before}, replaced within {replaced_after:.1f}s: "
+          f"{len(failed)} of {len(results)} requests failed: "
           f"{Counter((r[0], r[2].get('error', '')[:90]) for r in failed)}")
     for status, headers, body, _ in failed:
         assert status == 503, (status, body)
