@@ -32,6 +32,8 @@ if not ray_available():
     pytest.skip("needs the ray extra: pip install -e '.[ray]'", allow_module_level=True)
 
 TIMEOUT_S = 20  # each model's batching.timeout_s: bounds every request's wait
+STUCK_TIMEOUT_S = 5  # the `narrow` model's: how long the ingress waits on a stopped replica
+GRACE_S = 5  # tsfmd/ray/remote.py GRACE_S: the ingress waits this much past a deadline
 MODELS = f"""\
   fracast-fc:
     family: fracast
@@ -48,6 +50,12 @@ MODELS = f"""\
     device: cpu
     batching: {{max_batch: 4, max_wait_ms: 20, timeout_s: {TIMEOUT_S}}}
     ray: {{num_cpus: 0.5}}
+  narrow:
+    family: fracast
+    source: bundled
+    device: cpu
+    batching: {{timeout_s: {STUCK_TIMEOUT_S}}}
+    ray: {{num_cpus: 0.5, max_ongoing_requests: 1, max_queued_requests: 1}}
 """
 # one intra-op thread in the daemon and in each replica: the same arithmetic, the same bits
 SERVER = "  torch_threads: 1\n"
@@ -69,7 +77,7 @@ class Lab:
         self.deploy(MODELS)
         return self
 
-    def deploy(self, models: str, expect=("fracast-fc", "timemoe-fc")) -> None:
+    def deploy(self, models: str, expect=("fracast-fc", "timemoe-fc", "narrow")) -> None:
         self.registry.write_text(registry_yaml(models, self.port, SERVER))
         config = write_serve_config(self.registry, self.directory / "serve.yaml", self.ray_port)
         self.cluster.deploy(config)
@@ -223,6 +231,50 @@ def test_a_killed_replica_costs_clear_503s_and_serve_replaces_it(lab):
     assert max(r[3] for r in results) <= TIMEOUT_S + 10
 
 
+def test_a_stopped_replica_and_a_full_queue_are_503s_not_hangs(lab):
+    """SIGSTOP of the `narrow` model's only replica (max_ongoing_requests 1, max_queued 1):
+    what Serve cannot queue is refused at once (BackPressureError), what it holds gets the
+    ingress's 503 after the deadline plus its grace; Serve's health check replaces it."""
+    before = lab.model("narrow")["ray"]["replica_pid"]
+    os.kill(before, signal.SIGSTOP)
+    answers, lock = [], threading.Lock()
+
+    def client():
+        began = time.monotonic()
+        r = requests.post(lab.ray_url + "/narrow", json=tdgpt_body(range(30), 2),
+                          timeout=STUCK_TIMEOUT_S + GRACE_S + 60)
+        with lock:
+            answers.append((r.status_code, r.headers.get("Retry-After", ""), r.json(),
+                            time.monotonic() - began))
+
+    try:
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=STUCK_TIMEOUT_S + GRACE_S + 90)
+        assert len(answers) == 4, "a request hangs"
+        print(f"\nstopped replica: {Counter((a[0], a[2]['error'][:70]) for a in answers)}")
+        for status, retry_after, body, took in answers:
+            assert status == 503 and retry_after.isdigit(), (status, body)
+            assert took <= STUCK_TIMEOUT_S + GRACE_S + 10, took
+        errors = [a[2]["error"] for a in answers]
+        assert any("Ray Serve queue is full" in e for e in errors), errors
+        assert any("no answer from its Ray Serve replicas" in e for e in errors), errors
+
+        def replaced():
+            model = lab.model("narrow")
+            return model["status"] == "ready" and model["ray"]["replica_pid"] != before
+        wait_until(replaced, timeout=180, interval=1.0)
+    finally:
+        try:
+            os.kill(before, signal.SIGCONT)  # where Serve has not killed it yet
+        except ProcessLookupError:
+            pass
+    reply = requests.post(lab.ray_url + "/narrow", json=tdgpt_body(range(30), 2), timeout=60)
+    assert reply.status_code == 200, reply.text
+
+
 def test_a_redeploy_drops_no_request_to_an_unchanged_model(lab):
     unchanged = lab.model("timemoe-fc")["ray"]["replica_pid"]
     changed = MODELS.replace("    ray: {num_cpus: 0.5}\n", "    description: changed\n"
@@ -233,7 +285,7 @@ def test_a_redeploy_drops_no_request_to_an_unchanged_model(lab):
     threads, results = load(lab.ray_url, "/timemoe", stop, clients=2)
     try:
         wait_until(lambda: len(results) >= 5, timeout=60)
-        lab.deploy(changed, expect=("fracast-fc", "timemoe-fc", "fracast-two"))
+        lab.deploy(changed, expect=("fracast-fc", "timemoe-fc", "narrow", "fracast-two"))
         wait_until(lambda: lab.model("fracast-fc")["description"] == "changed", timeout=120,
                    interval=0.5)
         during = len(results)

@@ -61,19 +61,16 @@ class RemoteExecutor:
     """What admission and /v1/models read of an executor, for a model on Serve.
 
     Serve bounds the requests a model holds (each replica's `max_ongoing_requests`, then
-    `max_queued_requests` per caller) and each replica's batcher its own queue; the
-    ingress's admission limit is their sum, so it refuses only what Serve would.
+    `max_queued_requests` per caller: BackPressureError beyond, a 503 saying so) and each
+    replica's batcher its own queue; the ingress's admission adds no bound of its own.
     """
 
+    #: so admission never refuses first: Serve's limits are the ones that hold
+    queue_size = 1 << 20
+
     def __init__(self, spec: ModelSpec):
-        ray, batching = spec.ray, spec.ray.batching
+        batching = spec.ray.batching
         self.running_slots = batching.max_batch if batching.enabled else 1
-        replicas = ray.autoscaling.max_replicas if ray.autoscaling else ray.num_replicas or 1
-        ongoing = ray.max_ongoing_requests or 2 * self.running_slots
-        queued = ray.max_queued_requests if ray.max_queued_requests is not None \
-            else batching.queue_size
-        self.queue_size = replicas * ongoing + (queued if queued >= 0 else 1 << 20) \
-            - self.running_slots
         self.stats = Stats()  # the ingress's own refusals; the replicas count the rest
         self.replica_view: dict = {}  # the last replica's executor describe()
         self._settings = batching
@@ -213,8 +210,9 @@ class RemoteHandle:
             return exc
         if isinstance(exc, BackPressureError):
             return errors.Overloaded(
-                f"model {self.key} is busy: its Ray Serve queue is full "
-                "(ray.max_queued_requests); retry later", RETRY_AFTER_S)
+                f"model {self.key} is busy: its Ray Serve queue is full (every replica holds "
+                "ray.max_ongoing_requests and ray.max_queued_requests more wait); retry later",
+                RETRY_AFTER_S)
         log.warning("model %s: Ray failure: %s: %s", self.key, type(exc).__name__, exc)
         return errors.Unavailable(
             f"model {self.key}: its Ray Serve replica failed ({type(exc).__name__}: "
