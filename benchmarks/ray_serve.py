@@ -43,7 +43,9 @@ SOURCES = {"fracast": ("fracast", "bundled", ""),
 
 def registry(port: int, model: str, replica_cpus: float, max_batch: int) -> str:
     family, source, extra = SOURCES[model]
-    text = f"server:\n  host: 127.0.0.1\n  port: {port}\n  threads: 64\nmodels:\n"
+    # one intra-op thread in the daemon as in each replica: the paths differ only in Ray
+    text = (f"server:\n  host: 127.0.0.1\n  port: {port}\n  threads: 64\n"
+            "  torch_threads: 1\nmodels:\n")
     for name, replicas in (("one", 1), ("two", 2)):
         text += (f"  {name}:\n    family: {family}\n    source: {source}\n    device: cpu\n"
                  f"{extra}    batching: {{max_batch: {max_batch}, timeout_s: 120}}\n"

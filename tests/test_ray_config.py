@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tsfmd.core import errors
 from tsfmd.core.registry import RegistryError, parse_registry
 from tsfmd.ray.config import model_app, runtime_env_of
+from tsfmd.ray.remote import error_record, raise_record
 
 REGISTRY = """\
 server:
@@ -219,3 +221,19 @@ def test_adapters_install_url_points_tdgpt_at_the_ray_proxy(tmp_path):
     assert f"{proxy}/fracast-fc" in module.read_text()
     code, _, err = adapters("install", anode, config, registry, "--url", f"{proxy}/sub")
     assert code != 0 and "--url must be http://HOST[:PORT]" in err
+
+
+@pytest.mark.parametrize("error", [
+    errors.Overloaded("model m is busy", 7), errors.DeadlineExceeded("too slow", 3),
+    errors.Unavailable("loading", 5), errors.BadInput("bad series", "input"),
+    errors.Unsupported("no covariates", "dynamic_real"), errors.ModelFault("NaN"),
+])
+def test_a_replicas_error_is_raised_again_as_itself(error):
+    """What crosses from a replica to the ingress (tsfmd/ray/remote.py): plain values, so
+    Retry-After and the field survive (a pickled ServeError would lose them)."""
+    with pytest.raises(errors.ServeError) as caught:
+        raise_record(error_record(error))
+    again = caught.value
+    assert type(again) is type(error) and again.message == error.message
+    assert again.retry_after == error.retry_after
+    assert getattr(again, "field", None) == getattr(error, "field", None)

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 from tsfmd.core import errors
 from tsfmd.core.batching import Stats
-from tsfmd.core.models import FAILED, LOADING, READY, ModelHandle
+from tsfmd.core.models import FAILED, LOADING, ModelHandle
 from tsfmd.core.registry import ModelSpec
 from tsfmd.core.request import ForecastRequest
 from tsfmd.families.base import Forecast

@@ -21,7 +21,6 @@ again as the same tsfmd errors, so the client reads what `tsfmd serve` would ans
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +32,6 @@ from tsfmd.core import errors
 from tsfmd.core.models import ModelHandle
 from tsfmd.core.registry import parse_registry
 from tsfmd.ray.remote import error_record
-
-log = logging.getLogger("tsfmd.ray")
 
 #: threads a replica waits on its batcher with: above any sane max_ongoing_requests
 _CALL_THREADS = 512
