@@ -219,6 +219,9 @@ def test_adapters_install_url_points_tdgpt_at_the_ray_proxy(tmp_path):
     assert urls == {"fracast-fc": f"{proxy}/fracast-fc", "timemoe-fc": f"{proxy}/timemoe-fc"}
     module = anode / "lib/taosanalytics/algo/fc/tsfmd_fracast_fc.py"
     assert f"{proxy}/fracast-fc" in module.read_text()
+    code, out, err = adapters("list", anode, config, registry, "--url", proxy)
+    assert code == 0, err
+    assert "NOT pointed" not in out and "differs" not in out, out
     code, _, err = adapters("install", anode, config, registry, "--url", f"{proxy}/sub")
     assert code != 0 and "--url must be http://HOST[:PORT]" in err
 

@@ -307,11 +307,13 @@ def cmd_list(args) -> int:
     except AdapterError as exc:
         return _fail(str(exc))
     try:
-        registry: Optional[Registry] = load_registry(registry_path)
+        registry: Optional[Registry] = served_at(load_registry(registry_path), args.url)
     except RegistryError as exc:
         registry = None
         print(f"warning: registry {registry_path} is not valid, cannot compare: "
               f"{exc.problems[0]}")
+    except ValueError as exc:
+        return _fail(str(exc))
     wanted: Dict[str, Adapter] = {}
     shipped = layout.shipped_names()
     if registry is not None:
@@ -402,13 +404,14 @@ def add_parser(commands) -> None:
         if registry:
             parser.add_argument("--config", default=None,
                                 help="tsfmd registry (default: as for `tsfmd serve`)")
+            parser.add_argument("--url", default=None,
+                                help="where the anode reaches tsfmd, http://HOST:PORT (default: "
+                                     "the registry's server.host and port), e.g. a Ray Serve "
+                                     "proxy")
 
     install = verbs.add_parser("install", help="write adapters and config entries")
     common(install, True)
     install.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    install.add_argument("--url", default=None,
-                         help="where the anode reaches tsfmd, http://HOST:PORT (default: the "
-                              "registry's server.host and port), e.g. a Ray Serve proxy")
     install.set_defaults(handler=cmd_install)
 
     uninstall = verbs.add_parser("uninstall", help="remove tsfmd's adapters and config edits")
