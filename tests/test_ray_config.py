@@ -14,7 +14,7 @@ import yaml
 
 from tsfmd.core import errors
 from tsfmd.core.registry import RegistryError, parse_registry
-from tsfmd.ray.config import model_app, runtime_env_of
+from tsfmd.ray.config import interpreter_warnings, model_app, runtime_env_of
 from tsfmd.ray.remote import error_record, raise_record
 
 REGISTRY = """\
@@ -181,14 +181,19 @@ def test_an_environment_becomes_the_replicas_runtime_env():
     assert runtime_env_of(spec) == {}
 
     class WithEnvironment:
+        key = "m"
         environment = Environment("moirai", "/usr/bin/python3.11", ("uni2ts==2.0.0",),
                                   ("--find-links", "/srv/wheels"))
 
     assert runtime_env_of(WithEnvironment()) == {
         "pip": {"packages": ["uni2ts==2.0.0"], "pip_check": False,
-                "pip_install_options": ["--find-links", "/srv/wheels"]},
-        "py_executable": "/usr/bin/python3.11",
-    }
+                "pip_install_options": ["--find-links", "/srv/wheels"]}}
+
+    class Registry:
+        enabled = (WithEnvironment(), spec)
+
+    [warning] = interpreter_warnings(Registry())
+    assert warning.startswith("models.m: environment 'moirai' names python /usr/bin/python3.11")
 
 
 def test_writing_the_config_does_not_import_ray(tmp_path):

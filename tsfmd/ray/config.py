@@ -117,20 +117,26 @@ def _entry_registry(spec: ModelSpec, document: dict) -> dict:
 
 def runtime_env_of(spec: ModelSpec) -> dict:
     """The replica's runtime_env for the entry's `environment:` (registry `environments:`):
-    its requirements as Ray's pip env with its pip options, its interpreter as
-    py_executable. None of that where the entry names no environment."""
+    its requirements as Ray's pip env (built by Ray on each node, over the cluster's own
+    packages, so tsfmd and ray stay importable) with its pip options. Empty where the entry
+    names no environment. An environment's own `python:` has no equivalent here: a replica
+    runs the cluster's interpreter (see `interpreter_warnings`)."""
     env = getattr(spec, "environment", None)
-    if env is None:
+    if env is None or not getattr(env, "requirements", ()):
         return {}
-    runtime_env: dict = {}
-    if getattr(env, "requirements", ()):
-        pip: dict = {"packages": list(env.requirements), "pip_check": False}
-        if getattr(env, "pip_options", ()):
-            pip["pip_install_options"] = list(env.pip_options)
-        runtime_env["pip"] = pip
-    if getattr(env, "python", None):
-        runtime_env["py_executable"] = str(env.python)
-    return runtime_env
+    pip: dict = {"packages": list(env.requirements), "pip_check": False}
+    if getattr(env, "pip_options", ()):
+        pip["pip_install_options"] = list(env.pip_options)
+    return {"pip": pip}
+
+
+def interpreter_warnings(registry: Registry) -> list:
+    """Entries whose environment names an interpreter the replicas will not use."""
+    return [f"models.{spec.key}: environment {env.name!r} names python {env.python}; on Ray "
+            "its replicas run the cluster's Python with the environment's requirements"
+            for spec in registry.enabled
+            for env in [getattr(spec, "environment", None)]
+            if env is not None and getattr(env, "python", None)]
 
 
 class _Dumper(yaml.SafeDumper):
@@ -172,6 +178,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    for warning in interpreter_warnings(registry):
+        print(f"warning: {warning}", file=sys.stderr)
     config = dump(serve_config(registry, document, args.http_host, args.http_port,
                                args.ingress_replicas))
     if args.output == "-":
