@@ -104,6 +104,7 @@ class RemoteHandle:
         self._deployment_handle = deployment_handle
         self._deployment = None
         self._asking = threading.Lock()
+        self._asked_at = 0.0  # when a request last asked the replicas itself
 
     @property
     def key(self) -> str:
@@ -144,11 +145,14 @@ class RemoteHandle:
         """A request for a model whose state this ingress does not know yet (it just
         started, the model is new) asks the replicas itself, one request at a time and
         bounded, instead of answering "loading" for a model that serves."""
+        began = time.monotonic()
         if not self._asking.acquire(timeout=ASK_NOW_S):
             return
         try:
-            if self.status == LOADING:
+            # one ask answers every request that waited for it: none asks again
+            if self.status == LOADING and self._asked_at < began:
                 self.take(self.ask(), ASK_NOW_S)
+                self._asked_at = time.monotonic()
         finally:
             self._asking.release()
 
