@@ -53,7 +53,8 @@ class Ingress:
     """`registry`: the whole registry, as YAML reads it."""
 
     def __init__(self, registry: dict):
-        parsed = parse_registry(yaml.safe_dump(registry), "<ray config>")
+        # in the registry's order: /v1/models lists the models as `tsfmd serve` does
+        parsed = parse_registry(yaml.safe_dump(registry, sort_keys=False), "<ray config>")
         state_dir = parsed.server.resolved_state_dir()
         self.models = Models(state_dir)
         self.models.table = ModelTable.build(

@@ -43,7 +43,8 @@ class ModelReplica:
     entry, its `batching:` the replicas' (config.py)."""
 
     def __init__(self, key: str, registry: dict):
-        parsed = parse_registry(yaml.safe_dump(registry), f"<ray config of {key}>")
+        text = yaml.safe_dump(registry, sort_keys=False)
+        parsed = parse_registry(text, f"<ray config of {key}>")
         spec = parsed.model(key)
         _set_torch_threads(parsed.server.torch_threads)
         self.handle = ModelHandle(spec, parsed.server.resolved_state_dir())
