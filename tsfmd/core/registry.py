@@ -496,12 +496,9 @@ class _Validator:
                  base: Optional[BatchingSettings] = None) -> BatchingSettings:
         """`base`: the settings a missing field keeps (default: BatchingSettings())."""
         d = base or BatchingSettings()
+        section = self._mapping(section, where, _BATCHING_FIELDS)
         if section is None:
             return d
-        if not isinstance(section, dict):
-            self.problem(where, "must be a mapping")
-            return d
-        self._unknown(section, _BATCHING_FIELDS, where)
         return BatchingSettings(
             enabled=self._bool(section, "enabled", where, d.enabled),
             max_batch=self._int(section, "max_batch", where, d.max_batch, 1, 4096),
@@ -512,12 +509,9 @@ class _Validator:
 
     def adapter(self, section: Any, where: str) -> AdapterSettings:
         d = AdapterSettings()
+        section = self._mapping(section, where, _ADAPTER_FIELDS)
         if section is None:
             return d
-        if not isinstance(section, dict):
-            self.problem(where, "must be a mapping")
-            return d
-        self._unknown(section, _ADAPTER_FIELDS, where)
         return AdapterSettings(
             connect_timeout_s=self._number(
                 section, "connect_timeout_s", where, d.connect_timeout_s, 0.001
@@ -525,15 +519,23 @@ class _Validator:
             read_timeout_s=self._number(section, "read_timeout_s", where, d.read_timeout_s, 0.001),
         )
 
+    def _mapping(self, section: Any, where: str, known: set) -> Optional[dict]:
+        """An optional sub-mapping with its unknown keys reported; None when absent or not
+        a mapping (that recorded as a problem)."""
+        if section is None:
+            return None
+        if not isinstance(section, dict):
+            self.problem(where, "must be a mapping")
+            return None
+        self._unknown(section, known, where)
+        return section
+
     def ray(self, section: Any, where: str, batching: BatchingSettings) -> RaySettings:
         """`ray.batching` overrides the entry's `batching:` field by field (`batching`)."""
         d = RaySettings(batching=batching)
+        section = self._mapping(section, where, _RAY_FIELDS)
         if section is None:
             return d
-        if not isinstance(section, dict):
-            self.problem(where, "must be a mapping")
-            return d
-        self._unknown(section, _RAY_FIELDS, where)
         replicas = self._int(section, "num_replicas", where, None, 1, 10000)
         autoscaling = self.ray_autoscaling(section.get("autoscaling"), f"{where}.autoscaling")
         if replicas is not None and autoscaling is not None:
@@ -549,12 +551,9 @@ class _Validator:
         )
 
     def ray_autoscaling(self, section: Any, where: str) -> Optional[RayAutoscaling]:
+        section = self._mapping(section, where, _RAY_AUTOSCALING_FIELDS)
         if section is None:
             return None
-        if not isinstance(section, dict):
-            self.problem(where, "must be a mapping")
-            return None
-        self._unknown(section, _RAY_AUTOSCALING_FIELDS, where)
         low = self._int(section, "min_replicas", where, 1, 0, 10000)
         high = self._int(section, "max_replicas", where, max(low, 1), 1, 10000)
         if high < low:
