@@ -48,6 +48,9 @@ setup(
     ],
     extras_require={
         "chronos": ["chronos-forecasting>=2.2,<3"],
+        # `tsfmd.ray` on a Ray cluster (tsfmd/ray/); 2.60 brought the deployments'
+        # max_surge_percent that tsfmd ray config's rolling updates rely on
+        "ray": ["ray[serve]>=2.60,<3"],
         "test": ["pytest>=8", "chronos-forecasting>=2.2,<3", "schemathesis>=4.1,<5"],
     },
     entry_points={"console_scripts": ["tsfmd = tsfmd.cli:main"]},

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     anode_adapters.add_parser(commands)
     from tsfmd.envs import cli as env_cli  # light: stdlib only
     env_cli.add_parser(commands)
+    from tsfmd.ray import config as ray_config  # light: writes YAML, never imports ray
+    ray_config.add_parser(commands)
     return parser
 
 

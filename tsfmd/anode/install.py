@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 from tsfmd.anode import ini_config, pyconfig
 from tsfmd.anode.generate import Adapter, AdapterError, check_keys, render_all, tsfmd_url
@@ -199,11 +200,27 @@ def plan_install(registry: Registry, anode_dir: str, config_path: str) -> Instal
     return plan
 
 
+def served_at(registry: Registry, url: Optional[str]) -> Registry:
+    """`registry` as the anode reaches it at `url` (`--url`: e.g. the Ray Serve proxy in
+    front of tsfmd.ray, tsfmd/ray/): adapters and config entries point there."""
+    if not url:
+        return registry
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment:
+        raise ValueError(f"--url must be http://HOST[:PORT] (no path), got {url!r}")
+    server = replace(registry.server, host=parts.hostname, port=parts.port or 80)
+    return replace(registry, server=server)
+
+
 def cmd_install(args) -> int:
     try:
         registry = load_registry(args.config or _default_registry())
+        registry = served_at(registry, args.url)
     except RegistryError as exc:
         return _fail(f"the registry is not valid:\n{exc}")
+    except ValueError as exc:
+        return _fail(str(exc))
     config_path = args.anode_config or default_anode_config()
     try:
         plan = plan_install(registry, args.anode_dir, config_path)
@@ -310,11 +327,13 @@ def cmd_list(args) -> int:
     except AdapterError as exc:
         return _fail(str(exc))
     try:
-        registry: Optional[Registry] = load_registry(registry_path)
+        registry: Optional[Registry] = served_at(load_registry(registry_path), args.url)
     except RegistryError as exc:
         registry = None
         print(f"warning: registry {registry_path} is not valid, cannot compare: "
               f"{exc.problems[0]}")
+    except ValueError as exc:
+        return _fail(str(exc))
     wanted: Dict[str, Adapter] = {}
     shipped = layout.shipped_names()
     if registry is not None:
@@ -405,6 +424,10 @@ def add_parser(commands) -> None:
         if registry:
             parser.add_argument("--config", default=None,
                                 help="tsfmd registry (default: as for `tsfmd serve`)")
+            parser.add_argument("--url", default=None,
+                                help="where the anode reaches tsfmd, http://HOST:PORT (default: "
+                                     "the registry's server.host and port), e.g. a Ray Serve "
+                                     "proxy")
 
     install = verbs.add_parser("install", help="write adapters and config entries")
     common(install, True)

@@ -70,6 +70,35 @@ class AdapterSettings:
     read_timeout_s: float = 55.0
 
 
+@dataclass(frozen=True)
+class RayAutoscaling:
+    """`ray.autoscaling`: Serve's autoscaling_config for the model's deployment."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    initial_replicas: Optional[int] = None
+    target_ongoing_requests: Optional[float] = None
+    upscale_delay_s: Optional[float] = None
+    downscale_delay_s: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """The `ray:` part of an entry: how `tsfmd ray config` deploys the model on Ray Serve
+    (tsfmd/ray/). `tsfmd serve` ignores it. `batching` is what each replica's batcher uses:
+    the entry's `batching:` with `ray.batching`'s fields over it; unset Serve limits are
+    derived in tsfmd/ray/config.py.
+    """
+
+    num_replicas: Optional[int] = None  # None and no autoscaling: 1
+    autoscaling: Optional[RayAutoscaling] = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_ongoing_requests: Optional[int] = None
+    max_queued_requests: Optional[int] = None
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
+
+
 #: the entry's fields that decide the loaded model object; a reload that changes one of them
 #: loads the weights again. Every other field is a serving setting that a reload applies
 #: around the same loaded model. `context_limit` is here because a family may keep that
@@ -107,6 +136,8 @@ class ModelSpec:
     #: "process": a worker process on the daemon's own interpreter (tsfmd/runners); an
     #: entry with an `environment:` always runs in a worker of that environment
     isolation: str = "inprocess"
+    #: only `tsfmd ray config` reads it: not compared, so a daemon's reload ignores it
+    ray: RaySettings = field(default_factory=RaySettings, compare=False)
 
     @property
     def routes(self) -> Tuple[str, ...]:
@@ -263,11 +294,15 @@ _AUTH_FIELDS = {"tokens_file", "protect_tdgpt_routes", "adapter_token_file"}
 _MODEL_FIELDS = {
     "family", "source", "route", "aliases", "device", "dtype", "context_limit",
     "horizon_limit", "enabled", "required", "description", "options", "batching", "adapter",
-    "environment", "isolation",
+    "environment", "isolation", "ray",
 }
 _BATCHING_FIELDS = {"enabled", "max_batch", "max_wait_ms", "queue_size", "timeout_s"}
 _ADAPTER_FIELDS = {"connect_timeout_s", "read_timeout_s"}
 _ENVIRONMENT_FIELDS = {"python", "requirements", "pip_options", "path"}
+_RAY_FIELDS = {"num_replicas", "autoscaling", "num_cpus", "num_gpus", "max_ongoing_requests",
+               "max_queued_requests", "batching"}
+_RAY_AUTOSCALING_FIELDS = {"min_replicas", "max_replicas", "initial_replicas",
+                           "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s"}
 
 
 class _Validator:
@@ -464,6 +499,7 @@ class _Validator:
         if isolation not in ISOLATIONS:
             self.problem(f"{where}.isolation",
                          f"must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+        batching = self.batching(entry.get("batching"), f"{where}.batching")
         return ModelSpec(
             key=key,
             family=family,
@@ -478,20 +514,20 @@ class _Validator:
             required=self._bool(entry, "required", where, True),
             description=self._str(entry, "description", where, ""),
             options=dict(options),
-            batching=self.batching(entry.get("batching"), f"{where}.batching"),
+            batching=batching,
             adapter=self.adapter(entry.get("adapter"), f"{where}.adapter"),
             environment=self.model_environment(entry, where),
             isolation=isolation,
+            ray=self.ray(entry.get("ray"), f"{where}.ray", batching),
         )
 
-    def batching(self, section: Any, where: str) -> BatchingSettings:
-        d = BatchingSettings()
+    def batching(self, section: Any, where: str,
+                 base: Optional[BatchingSettings] = None) -> BatchingSettings:
+        """`base`: the settings a missing field keeps (default: BatchingSettings())."""
+        d = base or BatchingSettings()
+        section = self._mapping(section, where, _BATCHING_FIELDS)
         if section is None:
             return d
-        if not isinstance(section, dict):
-            self.problem(where, "must be a mapping")
-            return d
-        self._unknown(section, _BATCHING_FIELDS, where)
         return BatchingSettings(
             enabled=self._bool(section, "enabled", where, d.enabled),
             max_batch=self._int(section, "max_batch", where, d.max_batch, 1, 4096),
@@ -502,12 +538,9 @@ class _Validator:
 
     def adapter(self, section: Any, where: str) -> AdapterSettings:
         d = AdapterSettings()
+        section = self._mapping(section, where, _ADAPTER_FIELDS)
         if section is None:
             return d
-        if not isinstance(section, dict):
-            self.problem(where, "must be a mapping")
-            return d
-        self._unknown(section, _ADAPTER_FIELDS, where)
         return AdapterSettings(
             connect_timeout_s=self._number(
                 section, "connect_timeout_s", where, d.connect_timeout_s, 0.001
@@ -581,6 +614,53 @@ class _Validator:
                          f"`environments:`: {defined})")
             return None
         return self.environments[name]
+    def _mapping(self, section: Any, where: str, known: set) -> Optional[dict]:
+        """An optional sub-mapping with its unknown keys reported; None when absent or not
+        a mapping (that recorded as a problem)."""
+        if section is None:
+            return None
+        if not isinstance(section, dict):
+            self.problem(where, "must be a mapping")
+            return None
+        self._unknown(section, known, where)
+        return section
+
+    def ray(self, section: Any, where: str, batching: BatchingSettings) -> RaySettings:
+        """`ray.batching` overrides the entry's `batching:` field by field (`batching`)."""
+        d = RaySettings(batching=batching)
+        section = self._mapping(section, where, _RAY_FIELDS)
+        if section is None:
+            return d
+        replicas = self._int(section, "num_replicas", where, None, 1, 10000)
+        autoscaling = self.ray_autoscaling(section.get("autoscaling"), f"{where}.autoscaling")
+        if replicas is not None and autoscaling is not None:
+            self.problem(where, "set num_replicas or autoscaling, not both")
+        return RaySettings(
+            num_replicas=replicas,
+            autoscaling=autoscaling,
+            num_cpus=self._number(section, "num_cpus", where, d.num_cpus),
+            num_gpus=self._number(section, "num_gpus", where, d.num_gpus),
+            max_ongoing_requests=self._int(section, "max_ongoing_requests", where, None, 1),
+            max_queued_requests=self._int(section, "max_queued_requests", where, None, -1),
+            batching=self.batching(section.get("batching"), f"{where}.batching", batching),
+        )
+
+    def ray_autoscaling(self, section: Any, where: str) -> Optional[RayAutoscaling]:
+        section = self._mapping(section, where, _RAY_AUTOSCALING_FIELDS)
+        if section is None:
+            return None
+        low = self._int(section, "min_replicas", where, 1, 0, 10000)
+        high = self._int(section, "max_replicas", where, max(low, 1), 1, 10000)
+        if high < low:
+            self.problem(f"{where}.max_replicas", f"must be >= min_replicas ({low}), got {high}")
+        return RayAutoscaling(
+            min_replicas=low,
+            max_replicas=high,
+            initial_replicas=self._int(section, "initial_replicas", where, None, 0, 10000),
+            target_ongoing_requests=self._number(section, "target_ongoing_requests", where, None),
+            upscale_delay_s=self._number(section, "upscale_delay_s", where, None),
+            downscale_delay_s=self._number(section, "downscale_delay_s", where, None),
+        )
 
     def _route(self, route: Any, where: str) -> str:
         if not isinstance(route, str) or not _ROUTE.match(route) or "//" in route:
