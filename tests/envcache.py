@@ -32,6 +32,18 @@ def test_env(name: str, requirements: Sequence[str], pip_options: Sequence[str] 
     return env
 
 
+def requirements_of(name: str) -> list:
+    """The pip requirements in tests/envs/<name>.txt, comments and blank lines left out."""
+    text = (Path(__file__).parent / "envs" / f"{name}.txt").read_text()
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def spec_env(name: str) -> EnvironmentSpec:
+    """The environment tests/envs/<name>.txt describes, built now unless up to date."""
+    return test_env(name, requirements_of(name))
+
+
 def environments_yaml(*envs: EnvironmentSpec) -> str:
     """The registry's `environments:` section naming these (already built) environments."""
     lines = ["environments:"]
@@ -44,3 +56,4 @@ def environments_yaml(*envs: EnvironmentSpec) -> str:
 
 test_env.__test__ = False  # not a test: pytest collects names starting with test_
 test_envs_dir.__test__ = False
+spec_env.__test__ = False

@@ -26,7 +26,6 @@ from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, ModelLoadError
 
 TESTS = Path(__file__).parent
-REQUIREMENTS = TESTS / "envs" / "moirai.txt"
 VARIANTS = {"moirai-1.1": "moirai-1.x", "moirai-moe": "moirai-moe", "moirai-2.0": "moirai-2.0"}
 CASES = ("plain", "past", "future", "both")
 
@@ -44,11 +43,6 @@ CONFIGS = {
     "moirai-2.0": {**COMMON, "d_ff": 1024, "patch_size": 16, "num_predict_token": 4,
                    "quantile_levels": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]},
 }
-
-
-def requirements():
-    lines = (line.split("#", 1)[0].strip() for line in REQUIREMENTS.read_text().splitlines())
-    return [line for line in lines if line]
 
 
 def checkpoint_dir(root: Path, config: dict) -> Path:
@@ -139,9 +133,9 @@ models:
 @pytest.fixture(scope="module")
 def moirai_env():
     """The moirai environment's EnvironmentSpec, built now unless up to date."""
-    from envcache import test_env
+    from envcache import spec_env
 
-    return test_env("moirai", requirements())
+    return spec_env("moirai")
 
 
 def env_python(env) -> str:

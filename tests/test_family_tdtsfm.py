@@ -6,7 +6,7 @@ tokens, one output head as long as a patch) and TaosConfig's defaults (one value
 heads [1, 8, 32, 64]). tsfmd's forecasts are compared with tests/tdtsfm_reference.py, a
 re-implementation of tdtsfm-server.py's model and generation loop written from reading it,
 run in its own environment with transformers 4.40.1 (tests/envs/tdtsfm-ref.txt, built by
-tests/refenv.py; never skipped). What parity means here: against that reading of the script,
+tests/envcache.py; never skipped). What parity means here: against that reading of the script,
 one series at a time as the script serves, with attention dropout off (see the last test).
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ import pytest
 import torch
 
 import tinymodels
-from refenv import reference_python
+from envcache import spec_env
 from tinymodels import forecast_ok, series
+from tsfmd.envs import python_for
 from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, ModelLoadError, SeriesInput
 
@@ -60,7 +61,7 @@ def run_reference(directory, cases, dropout=0.0, seed=0, tmp_path=None):
            "cases": [{"values": [float(x) for x in v], "horizon": h} for v, h in cases]}
     job_file, out_file = tmp_path / "job.json", tmp_path / "out.json"
     job_file.write_text(json.dumps(job))
-    done = subprocess.run([str(reference_python("tdtsfm-ref")), str(REFERENCE),
+    done = subprocess.run([str(python_for(spec_env("tdtsfm-ref"), None)), str(REFERENCE),
                            str(job_file), str(out_file)], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

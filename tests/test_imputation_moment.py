@@ -18,24 +18,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envcache import test_env
+from envcache import spec_env
 from hubcache import put_in_hub_cache
 from tsfmd.envs import python_for
 
 TESTS = Path(__file__).parent
 PROBE = TESTS / "moment_env_probe.py"
-REQUIREMENTS = TESTS / "envs" / "moment.txt"
 HUB_ID = "AutonLab/MOMENT-1-small"
-
-
-def requirements() -> list:
-    lines = (line.split("#", 1)[0].strip() for line in REQUIREMENTS.read_text().splitlines())
-    return [line for line in lines if line]
 
 
 def moment_env():
     """The moment environment's EnvironmentSpec, built now unless up to date."""
-    return test_env("moment", requirements())
+    return spec_env("moment")
 
 
 def family_path(directory: Path) -> str:
