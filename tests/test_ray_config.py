@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -166,33 +165,25 @@ def test_an_invalid_registry_writes_no_config(tmp_path):
     assert not out.exists()
 
 
-@dataclass(frozen=True)
-class Environment:
-    """The shape of tsfmd's EnvironmentSpec (registry `environments:`, another part's)."""
-
-    name: str
-    python: str
-    requirements: tuple
-    pip_options: tuple
-
-
 def test_an_environment_becomes_the_replicas_runtime_env():
-    spec = parse_registry("models:\n  m:\n    family: fracast\n    source: bundled\n").model("m")
-    assert runtime_env_of(spec) == {}
-
-    class WithEnvironment:
-        key = "m"
-        environment = Environment("moirai", "/usr/bin/python3.11", ("uni2ts==2.0.0",),
-                                  ("--find-links", "/srv/wheels"))
-
-    assert runtime_env_of(WithEnvironment()) == {
+    plain = parse_registry("models:\n  m:\n    family: fracast\n    source: bundled\n")
+    assert runtime_env_of(plain.model("m")) == {}
+    registry = parse_registry(
+        "environments:\n"
+        "  moirai:\n"
+        "    python: /usr/bin/python3.11\n"
+        "    requirements: [uni2ts==2.0.0]\n"
+        "    pip_options: [--find-links, /srv/wheels]\n"
+        "  own:\n"
+        "    requirements: [six==1.16.0]\n"
+        "models:\n"
+        "  m:\n    family: fracast\n    source: bundled\n    environment: moirai\n"
+        "  o:\n    family: fracast\n    source: bundled\n    environment: own\n")
+    assert runtime_env_of(registry.model("m")) == {
         "pip": {"packages": ["uni2ts==2.0.0"], "pip_check": False,
                 "pip_install_options": ["--find-links", "/srv/wheels"]}}
-
-    class Registry:
-        enabled = (WithEnvironment(), spec)
-
-    [warning] = interpreter_warnings(Registry())
+    # only an interpreter other than the registry's default (this one) is worth a warning
+    [warning] = interpreter_warnings(registry)
     assert warning.startswith("models.m: environment 'moirai' names python /usr/bin/python3.11")
 
 

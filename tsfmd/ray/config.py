@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import asdict
 from typing import Optional
@@ -121,22 +122,23 @@ def runtime_env_of(spec: ModelSpec) -> dict:
     packages, so tsfmd and ray stay importable) with its pip options. Empty where the entry
     names no environment. An environment's own `python:` has no equivalent here: a replica
     runs the cluster's interpreter (see `interpreter_warnings`)."""
-    env = getattr(spec, "environment", None)
-    if env is None or not getattr(env, "requirements", ()):
+    env = spec.environment
+    if env is None or not env.requirements:
         return {}
     pip: dict = {"packages": list(env.requirements), "pip_check": False}
-    if getattr(env, "pip_options", ()):
+    if env.pip_options:
         pip["pip_install_options"] = list(env.pip_options)
     return {"pip": pip}
 
 
 def interpreter_warnings(registry: Registry) -> list:
-    """Entries whose environment names an interpreter the replicas will not use."""
+    """Entries whose environment names an interpreter (other than the one writing the
+    config, the registry's default) that the replicas will not use."""
     return [f"models.{spec.key}: environment {env.name!r} names python {env.python}; on Ray "
             "its replicas run the cluster's Python with the environment's requirements"
             for spec in registry.enabled
-            for env in [getattr(spec, "environment", None)]
-            if env is not None and getattr(env, "python", None)]
+            for env in [spec.environment]
+            if env is not None and os.path.realpath(env.python) != os.path.realpath(sys.executable)]
 
 
 class _Dumper(yaml.SafeDumper):
