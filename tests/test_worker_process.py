@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,26 @@ def test_impute_passes_through_the_worker_unchanged(monkeypatch):
         worker.close()
     assert [a.tolist() for a in got] == [a.tolist() for a in expected]
     assert got[0].tolist() == [1.0, 2.0, 3.0, 2.0] and got[1].dtype == expected[1].dtype
+
+
+def test_a_batch_past_its_deadline_is_not_sent_and_the_worker_lives(monkeypatch):
+    from tsfmd.core.errors import DeadlineExceeded
+    from tsfmd.families import _FAMILIES, get_family
+    from tsfmd.families.base import LoadSpec
+    from tsfmd.runners import start_runner
+
+    monkeypatch.setenv("TSFMD_WORKER_PATH", str(TESTS))
+    monkeypatch.setitem(_FAMILIES, "fault-test", "workerfamilies:FaultFamily")  # test-only
+    runner = start_runner(get_family("fault-test"), LoadSpec(key="d", source="x"),
+                          sys.executable)
+    try:
+        pid, batch = runner.pid, [SeriesInput(values=np.array([1.0, 2.0]))]
+        with pytest.raises(DeadlineExceeded, match="before its batch was sent"):
+            runner.forecast(batch, 2, deadline=time.monotonic() - 0.001)
+        assert runner.forecast(batch, 2).point.tolist() == [[3.0, 4.0]]
+        assert runner.pid == pid and runner.restarts == 0
+    finally:
+        runner.close()
 
 
 # -- the worker's life ------------------------------------------------------------------------

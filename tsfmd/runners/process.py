@@ -368,6 +368,9 @@ class ProcessRunner:
         if self.state != READY or worker is None:
             raise self._unavailable()
         timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:  # never sent: the worker is not at fault
+            raise DeadlineExceeded(f"model {self.key}: the request's deadline passed before "
+                                   "its batch was sent to the worker")
         try:
             reply, out = worker.call(header, arrays, timeout)
         except WorkerHung:
