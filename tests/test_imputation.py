@@ -227,6 +227,12 @@ def test_status_probe_get_is_405_at_once(server):
     assert reply.headers["Allow"] == "POST"
 
 
+def test_models_list_says_what_each_model_does(server):
+    models = {m["key"]: m for m in server.get("/v1/models").json()["models"]}
+    assert models["fill"]["tasks"] == ["impute"]
+    assert models["fc"]["tasks"] == ["forecast"]
+
+
 def test_forecast_models_are_untouched_beside_it(server):
     reply = server.post("/fc", {"input": np.sin(np.arange(64) / 5).tolist(), "next_len": 4})
     assert reply.status_code == 200 and len(reply.json()["output"]) == 4

@@ -12,6 +12,7 @@ the systemd watchdog asks. The batching executor lives in `tsfmd/core/batching.p
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from typing import Callable, Deque, Optional
@@ -64,6 +65,16 @@ class SerialExecutor:
             return forecast
         finally:
             self._forecast_started = None
+            self._release()
+
+    @contextlib.contextmanager
+    def holding(self, deadline: float, disconnected=None):
+        """Own the model until the block ends (first come, first served, as `submit`): for
+        work that is not a forecast, such as an imputation. Raises as `submit` does."""
+        self._acquire(deadline, disconnected)
+        try:
+            yield
+        finally:
             self._release()
 
     def _acquire(self, deadline: float, disconnected) -> None:

@@ -57,15 +57,13 @@ def impute_series(
         runner = handle.runner
         gate = _gate(runner, handle)
         deadline = start_of(arrived, time.monotonic()) + gate.timeout_s
-        gate._acquire(deadline, disconnected)
         try:
-            began = time.monotonic()
-            filled = runner.impute(series, deadline)  # a worker past it is replaced: 504
-            gate.stats.record_batch(1, time.monotonic() - began)
+            with gate.holding(deadline, disconnected):
+                began = time.monotonic()
+                filled = runner.impute(series, deadline)  # a worker past it is replaced: 504
+                gate.stats.record_batch(1, time.monotonic() - began)
         except errors.Unsupported as exc:  # the family's own refusal: say which model
             raise errors.Unsupported(f"model {handle.key}: {exc.message}", exc.field) from exc
-        finally:
-            gate._release()
         return check_answer(series, filled, handle.key)
     finally:
         ticket.release()

@@ -208,6 +208,7 @@ class ModelHandle:
                 quantile_levels=list(caps.quantile_levels),
                 point_forecast="median" if caps.intervals else caps.point_forecast,
                 covariates={"past": caps.past_covariates, "future": caps.future_covariates},
+                tasks=list(caps.tasks),
                 batching=self.executor.describe() if self.executor else None,
             )
         else:
