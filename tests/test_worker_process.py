@@ -53,12 +53,16 @@ def answers(server, route):
 
 
 def test_a_worker_answers_bit_for_bit_as_in_process(tsfmd_server):
-    server = tsfmd_server(entry("inproc") + entry("isolated", "    isolation: process\n"))
+    # one torch thread on both sides (the daemon passes its count to the worker), so the
+    # two run the very same kernels
+    server = tsfmd_server(entry("inproc") + entry("isolated", "    isolation: process\n"),
+                          extra_server="  torch_threads: 1\n")
     assert answers(server, "/isolated") == answers(server, "/inproc")  # floats compared exactly
     isolated, inproc = model_info(server, "isolated"), model_info(server, "inproc")
     assert isolated["status"] == "ready" and isolated["isolation"] == "process"
     assert isolated["worker"]["python"] == sys.executable
     assert Path(f"/proc/{isolated['worker']['pid']}").exists()
+    assert isolated["worker"]["torch_threads"] == 1  # server.torch_threads, not every core
     assert inproc["isolation"] == "inprocess" and "worker" not in inproc
     for name in ("quantile_levels", "context_limit", "horizon_limit", "min_context"):
         assert isolated[name] == inproc[name]  # capabilities crossed the handshake

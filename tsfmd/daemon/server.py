@@ -30,6 +30,7 @@ from tsfmd.core.registry import (Registry, RegistryError, ServerSettings, client
                             load_registry)
 from tsfmd.core.models import FAILED, Models
 from tsfmd.daemon.waitress_hooks import LanedDispatcher, capacity_settings
+from tsfmd.runners import THREADS_ENV
 
 log = logging.getLogger("tsfmd.server")
 
@@ -463,5 +464,6 @@ def _set_torch_threads(configured: Optional[int]) -> None:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = configured or max(1, usable or 1)
     torch.set_num_threads(threads)
+    os.environ[THREADS_ENV] = str(threads)  # for the workers it starts (tsfmd/runners)
     log.info("torch intra-op threads: %d%s", threads,
              " (server.torch_threads)" if configured else "")

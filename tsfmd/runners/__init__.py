@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+#: torch intra-op threads for a worker: the daemon's own count (server.torch_threads, else
+#: its usable cores), which the daemon puts in its environment for the workers it starts
+THREADS_ENV = "TSFMD_TORCH_THREADS"
+
 
 def start_runner(family_cls, loading, python: Optional[str] = None):
     """Load the model `loading` describes: in this process when `python` is None, else in

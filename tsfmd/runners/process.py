@@ -274,6 +274,7 @@ class ProcessRunner:
         self.state = LOADING
         self.reason = ""
         self.restarts = 0
+        self.torch_threads: Optional[int] = None  # the worker's, once loaded (None: no torch)
         self._caps: Optional[Capabilities] = None
         self._worker: Optional[WorkerProcess] = None
         self._standby: Optional[WorkerProcess] = None
@@ -313,6 +314,7 @@ class ProcessRunner:
             worker.stop(self.policy.close_timeout_s)
             raise protocol.error_from(header, self.key)
         self._load_seconds = time.monotonic() - began
+        self.torch_threads = header.get("torch_threads")
         log.info("model %s: worker pid %d (%s) loaded it in %.1fs", self.key, worker.pid,
                  header.get("python", self.python), self._load_seconds)
         if self.policy.standby:
@@ -462,7 +464,7 @@ class ProcessRunner:
     def describe(self) -> dict:
         standby = self._standby
         return {"isolation": self.kind, "python": self.python, "pid": self.pid,
-                "restarts": self.restarts,
+                "restarts": self.restarts, "torch_threads": self.torch_threads,
                 "standby_pid": standby.pid if standby is not None and standby.prepared
                 and not standby.dead else None}
 

@@ -21,7 +21,7 @@ import sys
 import traceback
 
 from tsfmd.families.base import LoadSpec
-from tsfmd.runners import protocol
+from tsfmd.runners import THREADS_ENV, protocol
 from tsfmd.runners.inprocess import load_family, run_forecast, run_impute
 
 #: the daemon's pid, set by the ProcessRunner
@@ -52,6 +52,18 @@ def _private_pipes():
     return requests, replies
 
 
+def _torch_threads():
+    """Give torch, where the family uses it, the daemon's thread count: torch's own default
+    (every core) would have each worker fight the daemon and the other workers."""
+    torch = sys.modules.get("torch")
+    wanted = os.environ.get(THREADS_ENV)
+    if torch is None:
+        return None
+    if wanted:
+        torch.set_num_threads(int(wanted))
+    return torch.get_num_threads()
+
+
 def _family_class(target: str):
     module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
@@ -74,7 +86,7 @@ class Worker:
             self.model = load_family(_family_class(header["target"]), spec)
             caps = protocol.capabilities_dict(self.model.capabilities())
             return {"ok": True, "capabilities": caps, "pid": os.getpid(),
-                    "python": sys.executable}, []
+                    "python": sys.executable, "torch_threads": _torch_threads()}, []
         if op == "close":
             if self.model is not None:
                 self.model.close()
