@@ -44,6 +44,17 @@ def spec_env(name: str) -> EnvironmentSpec:
     return test_env(name, requirements_of(name))
 
 
+def tsfmd_only_path(directory: Path) -> Path:
+    """A directory holding only a `tsfmd` link, as a worker's PYTHONPATH does: a script run
+    in an environment imports tsfmd's family code and nothing of the daemon's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / "tsfmd"
+    if not link.exists():
+        link.symlink_to(Path(__file__).resolve().parent.parent / "tsfmd",
+                        target_is_directory=True)
+    return directory
+
+
 def environments_yaml(*envs: EnvironmentSpec) -> str:
     """The registry's `environments:` section naming these (already built) environments."""
     lines = ["environments:"]

@@ -142,16 +142,9 @@ def env_python(env) -> str:
     return str(Path(env.path) / "bin" / "python")
 
 
-def tsfmd_only_path(directory: Path) -> Path:
-    """A directory holding only a `tsfmd` link, as a worker's PYTHONPATH does."""
-    directory.mkdir(exist_ok=True)
-    link = directory / "tsfmd"
-    if not link.exists():
-        link.symlink_to(Path(__file__).resolve().parent.parent / "tsfmd")
-    return directory
-
-
 def run_in_env(env, script: str, *args, tmp: Path) -> None:
+    from envcache import tsfmd_only_path
+
     path = f"{tsfmd_only_path(tmp / 'pythonpath')}{os.pathsep}{TESTS}"
     environ = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([env_python(env), str(TESTS / script), *map(str, args)],

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envcache import spec_env
+from envcache import spec_env, tsfmd_only_path
 from hubcache import put_in_hub_cache
 from tsfmd.envs import python_for
 
@@ -34,11 +34,7 @@ def moment_env():
 
 def family_path(directory: Path) -> str:
     """A directory holding only a `tsfmd` link, as a worker's PYTHONPATH does."""
-    directory.mkdir(parents=True, exist_ok=True)
-    link = directory / "tsfmd"
-    if not link.exists():
-        link.symlink_to(TESTS.resolve().parent / "tsfmd", target_is_directory=True)
-    return str(directory)
+    return str(tsfmd_only_path(directory))
 
 
 def probe(python: Path, tmp: Path, *args: str) -> str:
