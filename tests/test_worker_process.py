@@ -236,6 +236,28 @@ def test_a_batch_past_its_deadline_is_not_sent_and_the_worker_lives(monkeypatch)
         runner.close()
 
 
+def test_a_worker_that_never_finishes_loading_is_killed_and_the_load_fails(monkeypatch):
+    from tsfmd.families import _FAMILIES, get_family
+    from tsfmd.families.base import LoadSpec, ModelLoadError
+    from tsfmd.runners.process import ProcessRunner, RestartPolicy
+
+    monkeypatch.setenv("TSFMD_WORKER_PATH", str(TESTS))
+    monkeypatch.setitem(_FAMILIES, "fault-test", "workerfamilies:FaultFamily")  # test-only
+    family = get_family("fault-test")
+    spec = LoadSpec(key="wedged", source="x", options={"hang_on_load": True})
+    runner = ProcessRunner("wedged", f"{family.__module__}:{family.__qualname__}", spec,
+                           sys.executable, RestartPolicy(load_timeout_s=3.0, standby=False))
+    try:
+        with pytest.raises(ModelLoadError, match="had not loaded it after 3s and was killed"
+                           ) as raised:
+            runner.load()
+        assert "fault-test: loading wedged" in str(raised.value)  # its stderr, for the operator
+        pid = int(str(raised.value).split("worker pid ")[1].split()[0])
+        wait_until(lambda: not Path(f"/proc/{pid}").exists())  # killed and reaped
+    finally:
+        runner.close()
+
+
 # -- the worker's life ------------------------------------------------------------------------
 
 def start_worker(parent_pid=None):

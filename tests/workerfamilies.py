@@ -6,6 +6,7 @@ It imports only numpy, so its worker starts in a fraction of a second. Its cues,
 `options:` or the request's values, so they work across the process boundary:
 - options.crash_on_load_if: a path; when that file exists, `load` writes a line to stderr
   and segfaults (ctypes.string_at(0)), as a broken native library would;
+- options.hang_on_load: true: `load` never returns (a library wedged while loading);
 - options.gate_dir: a directory; each forecast creates `entered` there, then waits for a
   file `release` (a request held in flight while the test kills the worker);
 - a series whose first value is HANG: forecast blocks forever (a wedged library);
@@ -33,7 +34,7 @@ HANG, BAD, BOOM = -7777.0, -8888.0, -9999.0
 
 class FaultFamily(Family):
     name = "fault-test"
-    option_values = {"crash_on_load_if": str, "gate_dir": str}
+    option_values = {"crash_on_load_if": str, "gate_dir": str, "hang_on_load": bool}
 
     @classmethod
     def check_source(cls, spec: LoadSpec) -> None:
@@ -54,6 +55,8 @@ class FaultFamily(Family):
             print("fault-test: the native library is about to crash", file=sys.stderr,
                   flush=True)
             ctypes.string_at(0)  # SIGSEGV
+        while spec.options.get("hang_on_load"):
+            time.sleep(3600)
         return cls(spec.options)
 
     def capabilities(self) -> Capabilities:

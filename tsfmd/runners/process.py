@@ -60,6 +60,10 @@ class RestartPolicy:
     loop_deaths: int = 5  # this many deaths ...
     loop_window_s: float = 60.0  # ... within this many seconds: `failed`
     close_timeout_s: float = 5.0
+    #: a worker that has not loaded its model by then is killed and the load fails: a wedged
+    #: library must not hold a reload (and every later one) forever. Generous: a load may
+    #: read gigabytes from a slow disk
+    load_timeout_s: float = 1800.0
     #: keep one started worker with the family's libraries imported, so that a restart
     #: only loads the weights (costs one idle interpreter with those libraries per model)
     standby: bool = True
@@ -305,7 +309,14 @@ class ProcessRunner:
         self._worker = worker
         request = {"op": "load", "target": self.target, "spec": dataclasses.asdict(self.spec)}
         try:
-            header, _ = worker.call(request)
+            header, _ = worker.call(request, timeout=self.policy.load_timeout_s)
+        except WorkerHung:
+            limit = self.policy.load_timeout_s
+            worker.kill(f"it had not loaded the model after {limit:g}s")
+            raise ModelLoadError(
+                f"its worker pid {worker.pid} had not loaded it after {limit:g}s and was "
+                f"killed (python {self.python}); its last stderr lines: "
+                f"{worker.stderr_text()}") from None
         except WorkerGone:
             raise DiedLoading(
                 f"its {worker.exit_text()} while loading (python {self.python}); its last "
