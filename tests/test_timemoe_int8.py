@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from tsfmd.families.base import LoadSpec, ModelLoadError, SeriesInput
+from tinymodels import error_in_std, random_series
+from tsfmd.families.base import LoadSpec, ModelLoadError
 from tsfmd.families.timemoe.family import INT8_BOUND, TimeMoeFamily
 
 TINY = FIXTURES / "timemoe" / "tiny"
@@ -15,20 +16,6 @@ TINY = FIXTURES / "timemoe" / "tiny"
 
 def load(dtype: str, device: str = "cpu") -> TimeMoeFamily:
     return TimeMoeFamily.load(LoadSpec(key="t", source=str(TINY), dtype=dtype, device=device))
-
-
-def random_series(count: int, seed: int = 3) -> list:
-    """Series of random lengths, levels, trends, periods and noise."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(count):
-        n = int(rng.integers(32, 400))
-        t = np.arange(n)
-        values = (rng.normal(0, 100) + rng.normal(0, 0.1) * t
-                  + rng.uniform(0.5, 5) * np.sin(t / rng.uniform(3, 30))
-                  + rng.uniform(0.1, 2) * rng.standard_normal(n))
-        rows.append(SeriesInput(values=values))
-    return rows
 
 
 def test_int8_forecasts_are_finite_shaped_and_within_the_bound_of_float32():
@@ -39,10 +26,7 @@ def test_int8_forecasts_are_finite_shaped_and_within_the_bound_of_float32():
         got = fam.forecast(rows, 24).point
     assert fam.capabilities().dtype == "int8"
     assert got.shape == (64, 24) and np.isfinite(got).all()
-    std = np.array([np.std(r.values, ddof=1) for r in rows])
-    per_series = np.abs(got - want).max(axis=1) / std
-    print(f"int8 vs float32, 64 series, error / std: median {np.median(per_series):.4f}, "
-          f"worst {per_series.max():.4f}")
+    per_series = error_in_std(got, want, rows)
     assert per_series.max() <= INT8_BOUND
     assert per_series.max() > 0  # really quantized: not float32 under another name
 

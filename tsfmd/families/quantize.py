@@ -9,15 +9,13 @@ memory traffic but no arithmetic; on this CPU's model-shaped GEMMs it measured n
 float32 while the dynamic int8 GEMM was ~2-3x (benchmarks/int8.py prints all three). Why not
 torchao: it is not in tsfmd's dependencies and these kernels are in the torch tsfmd already
 has. torch.ao.quantization says it is deprecated in favour of torchao; it still works in
-torch 2.13, and tsfmd silences that warning here only.
+torch 2.13, and tsfmd silences that warning here only. torch is imported where used, so
+family modules can import this one without it.
 """
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-
-import torch
-from torch import nn
 
 from tsfmd.families.base import ModelLoadError
 
@@ -34,6 +32,11 @@ def _quiet():
         yield
 
 
+def used_dtype(requested: str, dtype) -> str:
+    """Capabilities.dtype: "int8" when asked for, else the torch dtype's name."""
+    return INT8 if requested == INT8 else str(dtype).replace("torch.", "")
+
+
 def refuse_int8_unless_cpu(dtype: str, device: str) -> None:
     """ModelLoadError for `dtype: int8` anywhere but the CPU (torch's int8 kernels are CPU
     ones), so the registry's mistake is told at load, not as a wrong or slow forecast."""
@@ -44,20 +47,36 @@ def refuse_int8_unless_cpu(dtype: str, device: str) -> None:
         )
 
 
-def quantize_linears(module: nn.Module) -> nn.Module:
+#: parts of a module's qualified name that mark it as attention (kept float32, "as today")
+ATTENTION = ("attn", "attention")
+
+
+def quantize_linears(module: "nn.Module", skip: tuple = ()) -> "nn.Module":
     """Every nn.Linear under `module` replaced, in place, by an int8 dynamic Linear with
-    per-channel weights; returns `module`. Callers pass only the parts to quantize."""
+    per-channel weights, except those whose qualified name contains one of `skip`
+    (lower-cased, e.g. ATTENTION); returns `module`."""
+    import torch
+    from torch import nn
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    names = {
+        name for name, layer in module.named_modules()
+        if isinstance(layer, nn.Linear) and not any(part in name.lower() for part in skip)
+    }
+    if not names:
+        return module
+    spec = {name: per_channel_dynamic_qconfig for name in names} if skip else {
+        nn.Linear: per_channel_dynamic_qconfig}
     with _quiet():
-        return quantize_dynamic(
-            module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
-        )
+        return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
 
 
-def int8_linear(weight: torch.Tensor, bias: torch.Tensor = None) -> nn.Module:
+def int8_linear(weight: "torch.Tensor", bias: "torch.Tensor" = None) -> "nn.Module":
     """One int8 dynamic Linear for a bare [out, in] weight (fused experts keep theirs as
     slices of one tensor, not as nn.Linear modules)."""
+    import torch
+    from torch import nn
+
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     with torch.no_grad():
         layer.weight.copy_(weight.float())
@@ -66,8 +85,10 @@ def int8_linear(weight: torch.Tensor, bias: torch.Tensor = None) -> nn.Module:
     return quantize_linears(nn.Sequential(layer))[0]
 
 
-def dtype_of(layer: nn.Module) -> torch.dtype:
+def dtype_of(layer: "nn.Module") -> "torch.dtype":
     """The dtype a layer's input should be in: its weight's, float32 for an int8 layer
     (whose `weight` is a method returning the quantized tensor)."""
+    import torch
+
     weight = layer.weight
     return weight.dtype if isinstance(weight, torch.Tensor) else torch.float32

@@ -32,7 +32,7 @@ from tsfmd.families.base import (
 from tsfmd.families.timemoe.generate import generate, plan_groups
 from tsfmd.families.timemoe.weights import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_model
 from tsfmd.families.hub import resolve_model_dir
-from tsfmd.families.quantize import INT8, refuse_int8_unless_cpu
+from tsfmd.families.quantize import INT8, refuse_int8_unless_cpu, used_dtype
 
 #: int8's largest forecast error, in each series' std, against float32 that tsfmd holds to
 #: (tests/test_timemoe_int8.py): measured 2.5% median, 3.7-3.9% worst over 64 series on the
@@ -129,7 +129,7 @@ class TimeMoeFamily(Family):
             # another, but the longer one needs more positions: a long series cut for 64
             # steps cannot run 128 without losing context. Equal horizons only.
             horizon_block=1,
-            dtype=INT8 if spec.dtype == INT8 else str(dtype).replace("torch.", ""),
+            dtype=used_dtype(spec.dtype, dtype),
         )
         return cls(model, caps)
 
