@@ -3,10 +3,10 @@ activations quantized per call (dynamic quantization), results in float32.
 
 The kernels are torch's own: torch.ao.quantization's dynamic quantized Linear, run by the
 "x86" quantized engine (fbgemm's int8 GEMM, VNNI where the CPU has it; onednn for some
-shapes). Why dynamic over weight-only: a weight-only int8 product (torch's
-_weight_int8pack_mm) dequantizes the weights back to float for every call and so saves
-memory traffic but no arithmetic; on this CPU's model-shaped GEMMs it measured no faster than
-float32 while the dynamic int8 GEMM was ~2-3x (benchmarks/int8.py prints all three). Why not
+shapes). Why dynamic over weight-only: torch's weight-only int8 product
+(_weight_int8pack_mm) measured 1-5 GFLOP/s on this CPU's expert-shaped GEMMs against
+50-180 for float32 and 270-1400 for the dynamic int8 GEMM (benchmarks/int8.py prints all
+three), though weight-only is the more accurate (it keeps activations in float). Why not
 torchao: it is not in tsfmd's dependencies and these kernels are in the torch tsfmd already
 has. torch.ao.quantization says it is deprecated in favour of torchao; it still works in
 torch 2.13, and tsfmd silences that warning here only. torch is imported where used, so
