@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from timemoe import timed  # benchmarks/timemoe.py: the fastest of repeats after a warm-up
 from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, SeriesInput
 from tsfmd.families.quantize import int8_linear
@@ -42,16 +43,6 @@ def cpu_flags() -> str:
     return "unknown"
 
 
-def fastest(fn, repeat: int) -> float:
-    fn()  # warm-up
-    runs = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - started)
-    return min(runs)
-
-
 def gemm_peaks(hidden: int, inner: int) -> None:
     """One expert-shaped product [rows, hidden] x [hidden, 2*inner] three ways."""
     weight = torch.randn(2 * inner, hidden)
@@ -62,9 +53,9 @@ def gemm_peaks(hidden: int, inner: int) -> None:
         x = torch.randn(rows, hidden)
         flop = 2 * rows * hidden * 2 * inner / 1e9
         with torch.inference_mode():
-            fp32 = fastest(lambda: torch.nn.functional.linear(x, weight), 20)
-            int8 = fastest(lambda: dynamic(x), 20)
-            wonly = fastest(lambda: torch._weight_int8pack_mm(x, packed, scales), 5)
+            fp32 = timed(lambda: torch.nn.functional.linear(x, weight), 20)
+            int8 = timed(lambda: dynamic(x), 20)
+            wonly = timed(lambda: torch._weight_int8pack_mm(x, packed, scales), 5)
         print(f"  GEMM {rows}x{hidden} @ {hidden}x{2 * inner}: float32 {flop / fp32:.0f} GFLOP/s,"
               f" dynamic int8 {flop / int8:.0f}, weight-only int8 {flop / wonly:.0f}")
 
