@@ -1,4 +1,4 @@
-"""`dtype: int8` for Chronos-Bolt, Chronos-2 and TimesFM 2.5 on CPU (families/quantize.py):
+"""`dtype: int8` for Chronos-Bolt, Chronos-2, TimesFM 2.5 and 2.0 on CPU (families/quantize.py):
 the median forecasts of tiny random checkpoints are finite, shaped and near float32's, the
 feed-forward linears really are int8 and attention's float32, and a GPU is refused at load."""
 from __future__ import annotations
@@ -13,14 +13,18 @@ from tsfmd.families.base import LoadSpec, ModelLoadError
 from tsfmd.families.chronos import Chronos2Family, ChronosBoltFamily
 from tsfmd.families.quantize import ATTENTION
 from tsfmd.families.timesfm import TimesFm25Family
+from tsfmd.families.timesfm2 import TimesFm20Family
 
 #: the largest error in each series' std these tiny random checkpoints stay within
-#: (measured: see the printed medians and worst cases); a real checkpoint's is its own
-BOUND = 0.05
+#: (measured worst: bolt < 0.0001, chronos-2 0.0004, timesfm-2.5 0.016, timesfm-2.0 0.060);
+#: a real checkpoint's is its own
+BOUND = {"timesfm-2.0": 0.08}
+DEFAULT_BOUND = 0.05
 FAMILIES = {
     "chronos-bolt": (ChronosBoltFamily, tinymodels.chronos_bolt),
     "chronos-2": (Chronos2Family, tinymodels.chronos2),
     "timesfm-2.5": (TimesFm25Family, tinymodels.timesfm25),
+    "timesfm-2.0": (TimesFm20Family, tinymodels.timesfm20),  # shares 2.5's loader
 }
 
 
@@ -50,7 +54,7 @@ def test_int8_forecasts_are_finite_shaped_and_near_float32(checkpoints, name):
     got = median_forecast(int8, rows, 16)
     assert got.shape == (64, 16) and np.isfinite(got).all()
     per_series = error_in_std(got, want, rows)
-    assert 0 < per_series.max() <= BOUND
+    assert 0 < per_series.max() <= BOUND.get(name, DEFAULT_BOUND)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
