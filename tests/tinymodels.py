@@ -109,6 +109,31 @@ def timesfm25(
     return Path(directory)
 
 
+def random_series(count: int, seed: int = 3, longest: int = 400) -> list:
+    """SeriesInputs of random lengths, levels, trends, periods and noise."""
+    from tsfmd.families.base import SeriesInput
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(count):
+        n = int(rng.integers(32, longest))
+        t = np.arange(n)
+        values = (rng.normal(0, 100) + rng.normal(0, 0.1) * t
+                  + rng.uniform(0.5, 5) * np.sin(t / rng.uniform(3, 30))
+                  + rng.uniform(0.1, 2) * rng.standard_normal(n))
+        rows.append(SeriesInput(values=values))
+    return rows
+
+
+def error_in_std(got, want, rows) -> np.ndarray:
+    """Per series: the largest |got - want| over the horizon in units of its history's std."""
+    std = np.array([np.std(r.values, ddof=1) for r in rows])
+    per_series = np.abs(np.asarray(got) - np.asarray(want)).max(axis=1) / std
+    print(f"error / std over {len(rows)} series: median {np.median(per_series):.4f}, "
+          f"worst {per_series.max():.4f}")
+    return per_series
+
+
 def series(n, seed=0, level=20.0):
     """A trending, seasonal, noisy series for family tests."""
     rng = np.random.default_rng(seed)

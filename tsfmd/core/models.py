@@ -209,6 +209,7 @@ class ModelHandle:
                 point_forecast="median" if caps.intervals else caps.point_forecast,
                 covariates={"past": caps.past_covariates, "future": caps.future_covariates},
                 tasks=list(caps.tasks),
+                dtype=caps.dtype or self.spec.dtype,
                 batching=self.executor.describe() if self.executor else None,
             )
         else:

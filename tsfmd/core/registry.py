@@ -25,7 +25,7 @@ RESERVED_ROUTES = ("/healthz", "/readyz", "/v1", "/metrics", "/ui", "/openapi.js
 _ROUTE = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")  # int8: CPU only
 DEFAULT_CONFIG = "/etc/tsfmd/tsfmd.yaml"
 
 

@@ -72,6 +72,9 @@ class Capabilities:
     #: what the model does: "forecast" (every route of TDgpt's forecast protocol) and/or
     #: "impute" (TDgpt's imputation body on the model's route, Family.impute)
     tasks: tuple = ("forecast",)
+    #: the precision the weights actually run in ("float32", "bfloat16", "int8", ...) when
+    #: the family says; /v1/models shows it in place of the registry's "auto"
+    dtype: Optional[str] = None
 
     @property
     def intervals(self) -> bool:

@@ -51,10 +51,16 @@ def open_checkpoint(spec: LoadSpec, offline: bool = False) -> Tuple[Path, dict]:
 
 
 def torch_dtype(spec: LoadSpec, family: str, allowed: Sequence[str], auto_cuda: str = "float32"):
-    """The torch dtype for `spec.dtype`: "auto" is float32 on CPU and `auto_cuda` on a GPU."""
+    """The torch dtype for `spec.dtype`: "auto" is float32 on CPU and `auto_cuda` on a GPU;
+    "int8" (where `allowed` has it; CPU only) loads float32 for the family to quantize."""
     import torch
 
+    from tsfmd.families.quantize import INT8, refuse_int8_unless_cpu
+
     name = spec.dtype
+    if name == INT8 and INT8 in allowed:  # built in float32, quantized by the family
+        refuse_int8_unless_cpu(name, spec.device)
+        return torch.float32
     if name == "auto":
         name = auto_cuda if spec.device.startswith("cuda") else "float32"
     if name not in allowed:

@@ -32,6 +32,7 @@ from tsfmd.families.base import (
 from tsfmd.families.checkpoint import (
     HUB_PATTERNS, LIBRARY_LOCK, open_checkpoint, torch_dtype,
 )
+from tsfmd.families.quantize import ATTENTION, INT8, quantize_linears, used_dtype
 
 #: the pipelines accept any history; they scale by its mean and spread
 MIN_CONTEXT = 1
@@ -98,7 +99,7 @@ class _ChronosFamily(Family):
                 f"{directory} is not a {cls.name} checkpoint: its config.json {what}; "
                 f"family {cls.name} needs {cls.pipeline_class}"
             )
-        dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16"), cls.auto_cuda_dtype)
+        dtype = torch_dtype(spec, cls.name, ("float32", "bfloat16", INT8), cls.auto_cuda_dtype)
         try:
             with LIBRARY_LOCK:
                 pipeline = BaseChronosPipeline.from_pretrained(
@@ -107,6 +108,9 @@ class _ChronosFamily(Family):
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, AssertionError) as exc:
             raise ModelLoadError(f"cannot load {cls.name} from {directory}: {exc}") from exc
         pipeline.model.eval()
+        if spec.dtype == INT8:  # the encoder's and decoder's feed-forwards; patch embeddings,
+            # attention and norms as float32 (families/quantize.py)
+            quantize_linears(pipeline.model, skip=ATTENTION + ("patch_embedding",))
         caps = cls._capabilities(pipeline, spec)
         if 0.5 not in caps.quantile_levels:
             raise ModelLoadError(f"{directory}: quantiles {caps.quantile_levels} have no median")
@@ -125,6 +129,7 @@ class _ChronosFamily(Family):
             future_covariates=cls.covariates,
             affine_equivariant=True,
             horizon_block=cls._horizon_block(pipeline),
+            dtype=used_dtype(spec.dtype, pipeline.model.dtype),
         )
 
     @classmethod

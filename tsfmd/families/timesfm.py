@@ -32,6 +32,7 @@ from tsfmd.families.base import (
 from tsfmd.families.checkpoint import (
     HUB_PATTERNS, LIBRARY_LOCK, open_checkpoint, torch_dtype,
 )
+from tsfmd.families.quantize import ATTENTION, INT8, quantize_linears, used_dtype
 
 #: the model masks padding and scales by the history, so one point is enough
 MIN_CONTEXT = 1
@@ -85,6 +86,7 @@ class TimesFm25Family(Family):
             min_context=MIN_CONTEXT,
             quantile_levels=levels,
             affine_equivariant=True,
+            dtype=used_dtype(spec.dtype, model.dtype),
         )
         return cls(model, caps, spec.device)
 
@@ -137,13 +139,16 @@ class TimesFm25Family(Family):
 def load_pretrained(model_class, spec: LoadSpec, directory, family: str):
     """`model_class.from_pretrained(directory)` in the registry's dtype, on its device, in
     eval mode -> (model, its quantile levels); the levels must hold the median."""
-    dtype = torch_dtype(spec, family, ("float32", "bfloat16", "float16"))
+    dtype = torch_dtype(spec, family, ("float32", "bfloat16", "float16", INT8))
     try:
         with LIBRARY_LOCK:
             model = model_class.from_pretrained(str(directory), dtype=dtype)
         model = model.to(spec.device).eval()
     except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"cannot load {family} from {directory}: {exc}") from exc
+    if spec.dtype == INT8:  # the transformer's MLPs; the input and output residual blocks
+        # (their forward reads weight.dtype), attention and norms as float32
+        quantize_linears(model, skip=ATTENTION + ("input_ff_layer", "output_projection"))
     levels = tuple(float(q) for q in model.config.quantiles)
     if 0.5 not in levels:
         raise ModelLoadError(f"{directory}: quantiles {levels} have no median (0.5)")

@@ -35,6 +35,7 @@ from tsfmd.families.base import (
     Capabilities, Family, Forecast, LoadSpec, ModelLoadError, SeriesInput, resolve_limit,
 )
 from tsfmd.families.checkpoint import HUB_PATTERNS, LIBRARY_LOCK, open_checkpoint
+from tsfmd.families.quantize import used_dtype
 from tsfmd.families.timesfm import MAX_HORIZON, load_pretrained
 
 MODEL_TYPE = "timesfm"
@@ -76,6 +77,7 @@ class TimesFm20Family(Family):
             min_context=1,  # shorter than a patch is padded and masked
             quantile_levels=levels,
             affine_equivariant=True,
+            dtype=used_dtype(spec.dtype, model.dtype),
         )
         return cls(model, caps, spec.device, int(spec.options.get("freq", 0)))
 

@@ -15,6 +15,8 @@ before it, so magnitudes float32 cannot hold forecast like any other.
 Precision (registry `dtype`): float32, bfloat16 or float16 for the feed-forward products;
 on CPUs attention always runs in float32 (see model.TimeMoe.set_compute_dtype). `auto` is
 bfloat16 on GPUs and on CPUs with native bfloat16 (avx512_bf16, AMX), else float32.
+`int8` (CPU only, opt-in, never `auto`): the feed-forwards as int8 weights with per-channel
+scales and dynamic activation quantization (families/quantize.py), attention float32.
 """
 from __future__ import annotations
 
@@ -30,7 +32,14 @@ from tsfmd.families.base import (
 from tsfmd.families.timemoe.generate import generate, plan_groups
 from tsfmd.families.timemoe.weights import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_model
 from tsfmd.families.hub import resolve_model_dir
+from tsfmd.families.quantize import INT8, refuse_int8_unless_cpu, used_dtype
 
+#: int8's largest forecast error against float32, in each series' std, that the tiny
+#: checkpoint's test holds to (tests/test_timemoe_int8.py: 2.0% median, 3.6% worst there).
+#: Random 50M weights measured 2.7% median and 12% worst over 64 series (benchmarks/int8.py;
+#: about half of it from quantizing activations: int8 weights alone gave 1.0%/1.2% on the
+#: tiny checkpoint). Far above the 1% that would let `auto` choose it: int8 is opt-in only.
+INT8_BOUND = 0.05
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,12 +59,14 @@ def cpu_has_bf16() -> bool:
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """The registry's dtype; "auto" is bfloat16 on GPUs and bf16-capable CPUs, else float32."""
+    if name == INT8:  # built in float32, then quantized (TimeMoeFamily.load)
+        return torch.float32
     if name == "auto":
         if device.startswith("cuda") or cpu_has_bf16():
             return torch.bfloat16
         return torch.float32
     if name not in _DTYPES:
-        raise ModelLoadError(f"dtype must be auto, float32, bfloat16 or float16, not {name!r}")
+        raise ModelLoadError(f"dtype must be auto, float32, bfloat16, float16 or int8, not {name!r}")
     return _DTYPES[name]
 
 
@@ -89,6 +100,7 @@ class TimeMoeFamily(Family):
 
     @classmethod
     def load(cls, spec: LoadSpec) -> "TimeMoeFamily":
+        refuse_int8_unless_cpu(spec.dtype, spec.device)
         dtype = resolve_dtype(spec.dtype, spec.device)
         directory = _checkpoint_dir(spec)
         # On CPUs attention stays float32 whatever the dtype: it is ~15% of the work and
@@ -103,6 +115,8 @@ class TimeMoeFamily(Family):
             raise ModelLoadError(
                 f"cannot load Time-MoE from {directory} onto {spec.device}: {exc}"
             ) from exc
+        if spec.dtype == INT8:
+            model.quantize_int8()
         limit = model.config.max_position_embeddings
         caps = Capabilities(
             context_limit=resolve_limit(spec.context_limit, limit),
@@ -116,6 +130,7 @@ class TimeMoeFamily(Family):
             # another, but the longer one needs more positions: a long series cut for 64
             # steps cannot run 128 without losing context. Equal horizons only.
             horizon_block=1,
+            dtype=used_dtype(spec.dtype, dtype),
         )
         return cls(model, caps)
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tsfmd.families.quantize import dtype_of, int8_linear, quantize_linears
 from tsfmd.families.timemoe.config import TimeMoeConfig
 
 _ACT = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
@@ -141,8 +142,8 @@ class SwiGLU(nn.Module):
         self.act = _ACT[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x.to(self.gate_up.weight.dtype)).chunk(2, dim=-1)
-        return self.down((self.act(gate) * up).to(self.down.weight.dtype))
+        gate, up = self.gate_up(x.to(dtype_of(self.gate_up))).chunk(2, dim=-1)
+        return self.down((self.act(gate) * up).to(dtype_of(self.down)))
 
 
 class SparseMoE(nn.Module):
@@ -156,6 +157,26 @@ class SparseMoE(nn.Module):
         self.down = nn.Parameter(torch.empty(cfg.num_experts, cfg.hidden_size, inner))
         self.shared = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
         self.act = _ACT[cfg.hidden_act]
+        self.int8_experts: Optional[nn.ModuleList] = None  # [gate_up, down] per expert
+
+    def quantize_int8(self) -> None:
+        """Experts and shared expert as int8 dynamic Linears (quantize.py); the router stays
+        float32. The fused expert tensors are dropped (emptied) so only the int8 copy stays."""
+        self.int8_experts = nn.ModuleList(
+            nn.ModuleList((int8_linear(self.gate_up[e]), int8_linear(self.down[e])))
+            for e in range(self.num_experts)
+        )
+        self.gate_up = nn.Parameter(torch.empty(0), requires_grad=False)
+        self.down = nn.Parameter(torch.empty(0), requires_grad=False)
+        quantize_linears(self.shared)
+
+    def _expert(self, expert: int, seg: torch.Tensor) -> torch.Tensor:
+        if self.int8_experts is not None:
+            gate_up, down = self.int8_experts[expert]
+            gate, up = gate_up(seg).chunk(2, dim=-1)
+            return down(self.act(gate) * up)
+        gate, up = F.linear(seg, self.gate_up[expert]).chunk(2, dim=-1)
+        return F.linear((self.act(gate) * up).to(self.down.dtype), self.down[expert])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: normed float32 [N, hidden] -> float32 [N, hidden]."""
@@ -175,9 +196,7 @@ class SparseMoE(nn.Module):
         for expert, count in enumerate(counts):
             if count == 0:
                 continue
-            seg = routed[offset:offset + count]
-            gate, up = F.linear(seg, self.gate_up[expert]).chunk(2, dim=-1)
-            pieces.append(F.linear((self.act(gate) * up).to(self.down.dtype), self.down[expert]))
+            pieces.append(self._expert(expert, routed[offset:offset + count]))
             offset += count
         expert_out = torch.cat(pieces).float() * weights.reshape(-1)[order].unsqueeze(-1)
         return out.index_add_(0, tokens, expert_out)
@@ -192,6 +211,9 @@ class DenseFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x).float()
+
+    def quantize_int8(self) -> None:
+        quantize_linears(self.mlp)
 
 
 class DecoderLayer(nn.Module):
@@ -261,6 +283,16 @@ class TimeMoe(nn.Module):
             param = self.get_parameter(name)
             if param.dtype != wanted:  # tensor by tensor: never a second full copy
                 param.data = param.data.to(wanted)
+        return self
+
+    def quantize_int8(self) -> "TimeMoe":
+        """`dtype: int8` on CPU: the feed-forwards (experts, shared expert, dense MLP; ~85%
+        of the arithmetic) as int8 weights with per-channel scales; attention, norms, router,
+        embedding and heads stay float32. Keeping the first layers' feed-forwards float32
+        (as bfloat16 does) bought little here: 50M random weights, 32 series, worst error
+        3.9% -> 2.7% of the series' std with two layers kept, for ~5% of the speed."""
+        for layer in self.layers:
+            layer.ffn.quantize_int8()
         return self
 
     def compute_dtypes(
