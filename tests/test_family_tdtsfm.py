@@ -226,3 +226,10 @@ def test_the_disabled_example_entry_checks_and_names_what_enabling_needs(tmp_pat
     local = ENTRY.replace("false", "true").replace(shipped, str(checkpoints["patched"]))
     result, path = tinymodels.tsfmd_check(tmp_path, local)
     assert result.returncode == 0, result.stderr
+
+
+def test_int8_is_refused_at_load_not_run_as_float32(checkpoints):
+    """tdtsfm has no int8 path: `dtype: int8` must fail its load, not serve float32."""
+    with pytest.raises(ModelLoadError, match="dtype must be auto, float32, bfloat16 or "
+                       "float16, not 'int8'"):
+        load(checkpoints["patched"], dtype="int8")

@@ -58,15 +58,14 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """The registry's dtype; "auto" is bfloat16 on GPUs and bf16-capable CPUs, else float32."""
-    if name == INT8:  # built in float32, then quantized (TimeMoeFamily.load)
-        return torch.float32
+    """The registry's dtype; "auto" is bfloat16 on GPUs and bf16-capable CPUs, else float32.
+    "int8" is not one: a family that quantizes (TimeMoeFamily.load) handles it itself."""
     if name == "auto":
         if device.startswith("cuda") or cpu_has_bf16():
             return torch.bfloat16
         return torch.float32
     if name not in _DTYPES:
-        raise ModelLoadError(f"dtype must be auto, float32, bfloat16, float16 or int8, not {name!r}")
+        raise ModelLoadError(f"dtype must be auto, float32, bfloat16 or float16, not {name!r}")
     return _DTYPES[name]
 
 
@@ -100,8 +99,11 @@ class TimeMoeFamily(Family):
 
     @classmethod
     def load(cls, spec: LoadSpec) -> "TimeMoeFamily":
-        refuse_int8_unless_cpu(spec.dtype, spec.device)
-        dtype = resolve_dtype(spec.dtype, spec.device)
+        if spec.dtype == INT8:  # built in float32, then quantized below
+            refuse_int8_unless_cpu(spec.dtype, spec.device)
+            dtype = torch.float32
+        else:
+            dtype = resolve_dtype(spec.dtype, spec.device)
         directory = _checkpoint_dir(spec)
         # On CPUs attention stays float32 whatever the dtype: it is ~15% of the work and
         # most of bfloat16's error (model.TimeMoe.set_compute_dtype has the numbers).
