@@ -68,6 +68,14 @@ class HorizonGroupedFamily(SlowNaiveFamily):
         return Capabilities(context_limit=512, horizon_limit=64, min_context=1, horizon_block=1)
 
 
+class WorkBoundedFamily(SlowNaiveFamily):
+    """Declares that one pass should hold at most 100 points (context + horizon)."""
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(context_limit=512, horizon_limit=64, min_context=1,
+                            batch_points=100)
+
+
 @pytest.fixture
 def slow_family():
     families.register_family(SLOW_FAMILY, f"{__name__}:SlowNaiveFamily")
@@ -288,6 +296,51 @@ def test_horizon_group_keeps_different_horizons_apart():
     assert [o.point.shape[1] for o in outcomes] == [5, 9, 5, 9, 5]
 
 
+def test_batches_are_bounded_by_the_family_s_work_measure():
+    # six requests of 40 points + horizon 10 = 50 each against the family's 100: two per
+    # pass, in arrival order; a 150-point request (above the budget) runs alone
+    model = WorkBoundedFamily()
+    executor = BatchingExecutor(model, BatchingSettings(max_batch=8, max_wait_ms=500), "t")
+    try:
+        reqs = [request([1.0] * 39 + [float(i)], horizon=10) for i in range(6)]
+        reqs.insert(3, request([1.0] * 139 + [99.0], horizon=10))
+        outcomes = submit_together(executor, reqs)
+        info = executor.describe()
+    finally:
+        executor.close()
+    assert model.calls[1:] == [(2, 10), (1, 10), (1, 10), (2, 10), (1, 10)]
+    assert model.served[1:] == [0, 1, 2, 99, 3, 4, 5]  # nobody overtaken
+    assert [o.point[0, 0] for o in outcomes] == [0, 1, 2, 99, 3, 4, 5]
+    assert (info["max_batch_points"], info["max_batch_points_from"]) == (100, "family")
+
+
+def test_the_registry_s_max_batch_points_overrides_the_family():
+    model = WorkBoundedFamily()
+    settings = BatchingSettings(max_batch=8, max_wait_ms=500, max_batch_points=200)
+    executor = BatchingExecutor(model, settings, "t")
+    try:
+        submit_together(executor, [request([1.0] * 39 + [float(i)], horizon=10)
+                                   for i in range(6)])
+        info = executor.describe()
+    finally:
+        executor.close()
+    assert model.calls[1:] == [(4, 10), (2, 10)]
+    assert (info["max_batch_points"], info["max_batch_points_from"]) == (200, "registry")
+
+
+def test_without_a_work_measure_max_batch_alone_bounds_a_batch():
+    model = SlowNaiveFamily()  # declares no batch_points
+    executor = BatchingExecutor(model, BatchingSettings(max_batch=3, max_wait_ms=500), "t")
+    try:
+        submit_together(executor, [request([1.0] * 300 + [float(i)], horizon=10)
+                                   for i in range(5)])
+        info = executor.describe()
+    finally:
+        executor.close()
+    assert model.calls[1:] == [(3, 10), (2, 10)]
+    assert info["max_batch_points"] is None
+
+
 def test_a_lone_caller_does_not_wait_for_company():
     # max_wait is a minute: a worker that waited for company would not answer in time
     model = SlowNaiveFamily()
@@ -346,3 +399,53 @@ def test_serial_executor_serves_waiters_in_arrival_order():
     assert answers == [0, 1, 2, 3, 4]
     assert model.served == [0, 1, 2, 3, 4]  # first come, first served
     assert executor.describe()["forecasts"] == 5
+
+
+class ThreadRecordingFamily(SlowNaiveFamily):
+    """Records the thread each forecast ran on."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: List[int] = []
+
+    def forecast(self, batch: Sequence[SeriesInput], horizon: int) -> Forecast:
+        self.threads.append(threading.get_ident())
+        return super().forecast(batch, horizon)
+
+
+def test_the_serial_path_runs_every_forecast_on_the_model_s_own_thread():
+    # torch's OpenMP pool belongs to the calling thread: forecasts run on waitress's request
+    # threads built one pool per thread; on the model's own thread there is one, kept warm
+    model = ThreadRecordingFamily()
+    executor = SerialExecutor(model, "t", BatchingSettings(enabled=False, queue_size=16))
+    callers = set()
+
+    def call(i):
+        callers.add(threading.get_ident())
+        return executor.submit(request([2, i], 1)).point[0, 0]
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(call, range(12)))
+    assert answers == list(range(12))
+    assert len(set(model.threads)) == 1  # one thread ran all twelve
+    assert not set(model.threads) & callers  # and it is none of the request threads
+    [thread] = [t for t in threading.enumerate() if t.ident == model.threads[0]]
+    assert thread.name == "model-t"
+    assert executor.liveness_problem(stale_after=5) is None
+    executor.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive()  # closing the executor ends the model's thread
+    with pytest.raises(Unavailable):
+        executor.submit(request([1, 1], 1))
+
+
+def test_a_family_error_on_the_model_thread_reaches_the_caller_and_serving_goes_on():
+    model = ThreadRecordingFamily()
+    executor = SerialExecutor(model, "t", BatchingSettings(enabled=False))
+    try:
+        with pytest.raises(UnsupportedInput):
+            executor.submit(request([1, POISON, 3], 1))
+        assert executor.submit(request([1, 7], 1)).point[0, 0] == 7
+        assert len(set(model.threads)) == 1
+    finally:
+        executor.close()

@@ -1,5 +1,8 @@
 """How a model's forecasts are run: batched by a worker thread, or one at a time.
 
+Either way the forward pass runs on a thread the model owns (the batch worker, or the
+serial executor's ModelThread: tsfmd/core/model_thread.py), never on a request thread.
+
 `make_executor` picks from the model's registry `batching:` settings. Both executors
 offer `submit(request, disconnected=None) -> Forecast` (a batch of 1), `describe()` for
 /v1/models, and `close()`; both run one forward pass at a time per model, so concurrent
@@ -15,10 +18,12 @@ import collections
 import contextlib
 import threading
 import time
+import weakref
 from typing import Callable, Deque, Optional
 
 from tsfmd.core.batching import BatchingExecutor, Stats, running_too_long, start_of
 from tsfmd.core.errors import ClientGone, Overloaded
+from tsfmd.core.model_thread import ModelThread
 from tsfmd.families.base import Forecast
 from tsfmd.core.request import ForecastRequest
 from tsfmd.runners.inprocess import as_runner
@@ -28,7 +33,8 @@ _POLL_S = 0.25
 
 
 class SerialExecutor:
-    """Runs requests one after another on the calling threads (`batching.enabled: false`).
+    """Runs requests one after another (`batching.enabled: false`), each on the model's
+    own thread (`run_on_model`), while the request's thread waits.
 
     Waiters are served first come, first served: a plain lock lets a thread that just
     arrived overtake ones that waited long, which shows as seconds of p99 latency.
@@ -44,6 +50,9 @@ class SerialExecutor:
         self._busy = False  # a forecast runs (or the model was just handed to a waiter)
         self._waiters: Deque[threading.Event] = collections.deque()
         self._forecast_started: Optional[float] = None
+        self._thread = ModelThread(key)  # started by the first forecast
+        # imputation's gates are dropped, not closed, with their model: end the thread then
+        weakref.finalize(self, self._thread.close)
 
     #: one forecast at a time
     running_slots = 1
@@ -59,13 +68,18 @@ class SerialExecutor:
         self._acquire(deadline, disconnected)
         try:
             began = self._forecast_started = time.monotonic()
-            forecast = self.runner.forecast([request.series], request.horizon, deadline)
+            forecast = self._thread.run(self.runner.forecast, [request.series],
+                                        request.horizon, deadline)
             with self._lock:
                 self.stats.record_batch(1, time.monotonic() - began)
             return forecast
         finally:
             self._forecast_started = None
             self._release()
+
+    def run_on_model(self, fn, *args):
+        """fn(*args) on the model's own thread: for work done while `holding` the model."""
+        return self._thread.run(fn, *args)
 
     @contextlib.contextmanager
     def holding(self, deadline: float, disconnected=None):
@@ -129,8 +143,10 @@ class SerialExecutor:
         return self.stats.retry_after(len(self._waiters) + int(self._busy))
 
     def liveness_problem(self, stale_after: float, now: Optional[float] = None) -> Optional[str]:
-        """No worker thread to watch: only a forecast stuck far past every deadline."""
+        """The model's thread died, or one forecast is stuck far past every deadline."""
         now = time.monotonic() if now is None else now
+        if self._thread.dead():
+            return f"model {self.key}: its model thread has died"
         return running_too_long(self.key, self._forecast_started, self.timeout_s, now)
 
     def describe(self) -> dict:
@@ -146,7 +162,9 @@ class SerialExecutor:
         return info
 
     def close(self) -> None:
-        pass
+        """Called once no request holds this executor (tsfmd/core/models.py): the model's
+        thread ends."""
+        self._thread.close()
 
 
 def _gone(disconnected: Callable[[], bool]) -> bool:

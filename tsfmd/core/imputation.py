@@ -60,7 +60,8 @@ def impute_series(
         try:
             with gate.holding(deadline, disconnected):
                 began = time.monotonic()
-                filled = runner.impute(series, deadline)  # a worker past it is replaced: 504
+                # on the model's own thread; a worker past its deadline is replaced: 504
+                filled = gate.run_on_model(runner.impute, series, deadline)
                 gate.stats.record_batch(1, time.monotonic() - began)
         except errors.Unsupported as exc:  # the family's own refusal: say which model
             raise errors.Unsupported(f"model {handle.key}: {exc.message}", exc.field) from exc
