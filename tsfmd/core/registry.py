@@ -55,6 +55,9 @@ class BatchingSettings:
     enabled: bool = True
     max_batch: int = 16
     max_wait_ms: float = 5.0
+    #: the most points (context + horizon, summed) one forward pass holds; None ("auto"):
+    #: the family's own measure for its device (Capabilities.batch_points), else no bound
+    max_batch_points: Optional[int] = None
     queue_size: int = 256
     timeout_s: float = 50.0  # below TDgpt's 60 s SQL timeout: the SQL user reads our error
 
@@ -296,7 +299,8 @@ _MODEL_FIELDS = {
     "horizon_limit", "enabled", "required", "description", "options", "batching", "adapter",
     "environment", "isolation", "ray",
 }
-_BATCHING_FIELDS = {"enabled", "max_batch", "max_wait_ms", "queue_size", "timeout_s"}
+_BATCHING_FIELDS = {"enabled", "max_batch", "max_wait_ms", "max_batch_points", "queue_size",
+                    "timeout_s"}
 _ADAPTER_FIELDS = {"connect_timeout_s", "read_timeout_s"}
 _ENVIRONMENT_FIELDS = {"python", "requirements", "pip_options", "path"}
 _RAY_FIELDS = {"num_replicas", "autoscaling", "num_cpus", "num_gpus", "max_ongoing_requests",
@@ -350,6 +354,15 @@ class _Validator:
             self.problem(f"{where}.{name}", f"must be {bounds}, got {value}")
             return default
         return value
+
+    def _auto_int(self, mapping, name, where, default, low=None):
+        """An integer, or "auto" (returned as None: decided when the model has loaded)."""
+        if mapping.get(name) == "auto":
+            return None
+        if isinstance(mapping.get(name), str):
+            self.problem(f"{where}.{name}", f'must be an integer or "auto", got {mapping[name]!r}')
+            return default
+        return self._int(mapping, name, where, default, low)
 
     def _number(self, mapping, name, where, default, low=0.0):
         if name not in mapping or mapping[name] is None:
@@ -532,6 +545,8 @@ class _Validator:
             enabled=self._bool(section, "enabled", where, d.enabled),
             max_batch=self._int(section, "max_batch", where, d.max_batch, 1, 4096),
             max_wait_ms=self._number(section, "max_wait_ms", where, d.max_wait_ms),
+            max_batch_points=self._auto_int(section, "max_batch_points", where,
+                                            d.max_batch_points, 1),
             queue_size=self._int(section, "queue_size", where, d.queue_size, 1),
             timeout_s=self._number(section, "timeout_s", where, d.timeout_s, 0.001),
         )

@@ -75,6 +75,12 @@ class Capabilities:
     #: the precision the weights actually run in ("float32", "bfloat16", "int8", ...) when
     #: the family says; /v1/models shows it in place of the registry's "auto"
     dtype: Optional[str] = None
+    #: batching by work: the most points (each request's context plus horizon, summed over
+    #: the requests of one forward pass) a pass should hold on the device the model loaded
+    #: on. Past it a bigger pass costs more per forecast than it saves (measured by the
+    #: family; the registry's batching.max_batch_points overrides it). None: no such
+    #: measure, batches are bounded by batching.max_batch alone
+    batch_points: Optional[int] = None
 
     @property
     def intervals(self) -> bool:
