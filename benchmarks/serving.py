@@ -235,7 +235,39 @@ def machine() -> str:
     import torch
 
     return (f"{cpu}, {cores} usable cores, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+            f"Python {platform.python_version()}, {platform.system()} {platform.release()}\n"
+            f"cpu flags: {cpu_flags()}; measured GEMM peak [512x1024]x[1024x4096]: "
+            f"{gemm_peak(torch.float32):.0f} GFLOP/s float32, "
+            f"{gemm_peak(torch.bfloat16):.0f} bfloat16")
+
+
+#: the SIMD features that decide which dtype `auto` runs and how fast
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in FLAGS if f in have) or "none of " + " ".join(FLAGS)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def gemm_peak(dtype) -> float:
+    """GFLOP/s of one model-sized product on this machine now (best of 5)."""
+    import torch
+
+    a, b = torch.randn(512, 1024, dtype=dtype), torch.randn(1024, 4096, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        began = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - began)
+    return 2 * 512 * 1024 * 4096 / best / 1e9
 
 
 def goals(results: List[dict]) -> List[str]:
@@ -256,7 +288,8 @@ def goals(results: List[dict]) -> List[str]:
         if r["shape"] == "512x96":
             ratio = r["ratio"]
             lines.append(f"512x96 {r['clients']} clients: on/off {ratio:.2f} -> "
-                         f"{'PASS' if ratio >= 0.95 else 'FAIL'} (goal: >= 0.95)")
+                         f"{'PASS' if ratio >= 1.0 else 'FAIL'} (goal: >= 1.0, batching "
+                         f"never below serial)")
     short = by.get(("64x8", 16))
     if short:
         lines.append(f"64x8 16 clients: on/off {short['ratio']:.2f} -> "
@@ -295,7 +328,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     port = free_port()
     config = work / "tsfmd.yaml"
     write_registry(config, port, args.family, source, args)
-    print(f"machine: {machine()}")
+    host = machine()  # measured before the daemon starts: a quiet machine's peak
+    print(f"machine: {host}")
     print(f"model: {label}; batching on: max_batch {args.max_batch}, "
           f"max_wait_ms {args.max_wait_ms}; off: serial")
     daemon = Daemon(config, port, work / "tsfmd.log")
@@ -332,7 +366,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("  " + line)
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"machine": machine(), "model": label, "results": results}, indent=2))
+            {"machine": host, "model": label, "results": results}, indent=2))
     return 0
 
 

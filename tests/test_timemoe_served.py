@@ -72,12 +72,19 @@ def test_answers_like_the_reference_service(served, route, horizon):
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
     rows = REFERENCE["batch_input"]
-    with ThreadPoolExecutor(len(rows)) as pool:
-        replies = list(pool.map(lambda r: served.post("/ds_predict", tdgpt_body(r, 24)), rows))
-    for row, reply in enumerate(replies):
-        assert reply.status_code == 200, reply.text
-        assert_matches(reply.json()["output"], REFERENCE["batch_forecast_h24"][row])
-    model = next(m for m in served.get("/v1/models").json()["models"] if m["key"] == "timemoe-fc")
+    # Whether concurrent requests meet in the queue depends on when they arrive: on a busy
+    # machine one wave may run one by one, so send waves until one shared a pass (bounded).
+    for _ in range(5):
+        with ThreadPoolExecutor(len(rows)) as pool:
+            replies = list(pool.map(lambda r: served.post("/ds_predict", tdgpt_body(r, 24)),
+                                    rows))
+        for row, reply in enumerate(replies):
+            assert reply.status_code == 200, reply.text
+            assert_matches(reply.json()["output"], REFERENCE["batch_forecast_h24"][row])
+        model = next(m for m in served.get("/v1/models").json()["models"]
+                     if m["key"] == "timemoe-fc")
+        if model["batching"]["largest_batch"] >= 2:
+            break
     assert model["batching"]["largest_batch"] >= 2
 
 
