@@ -91,8 +91,9 @@ def test_replicas_resources_limits_and_batching_from_the_ray_part(tmp_path):
     # the replicas batch with ray.batching over the entry's batching, field by field
     batching = apps[model_app("fracast-fc")]["args"]["registry"]["models"]["fracast-fc"][
         "batching"]
+    # max_batch_points None reads back as "auto": the family's own measure
     assert batching == {"enabled": True, "max_batch": 4, "max_wait_ms": 5.0, "queue_size": 40,
-                        "timeout_s": 20.0}
+                        "timeout_s": 20.0, "max_batch_points": None}
     assert "ray" not in apps[model_app("fracast-fc")]["args"]["registry"]["models"][
         "fracast-fc"]
     scaled = apps[model_app("scaled")]["deployments"][0]
