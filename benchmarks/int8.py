@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import cpu_flags  # benchmarks/machine.py
 from timemoe import timed  # benchmarks/timemoe.py: the fastest of repeats after a warm-up
 from tsfmd.families import get_family
 from tsfmd.families.base import LoadSpec, SeriesInput
@@ -32,15 +33,6 @@ from tsfmd.families.timemoe.family import TimeMoeFamily
 from tsfmd.families.timemoe.weights import write_random_checkpoint
 
 OTHERS = ("chronos-bolt", "chronos-2", "timesfm-2.5")
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
-def cpu_flags() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return " ".join(f for f in FLAGS if f in have) or "none of " + " ".join(FLAGS)
-    return "unknown"
 
 
 def gemm_peaks(hidden: int, inner: int) -> None:

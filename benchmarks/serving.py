@@ -23,7 +23,6 @@ import http.client
 import json
 import math
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from machine import describe as machine  # noqa: E402  (benchmarks/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -220,54 +221,6 @@ def measure(port: int, clients: int, context: int, horizon: int, args) -> Dict[s
 
 # ---------------------------------------------------------------------------------------
 # Report
-
-
-def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return (f"{cpu}, {cores} usable cores, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}\n"
-            f"cpu flags: {cpu_flags()}; measured GEMM peak [512x1024]x[1024x4096]: "
-            f"{gemm_peak(torch.float32):.0f} GFLOP/s float32, "
-            f"{gemm_peak(torch.bfloat16):.0f} bfloat16")
-
-
-#: the SIMD features that decide which dtype `auto` runs and how fast
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in FLAGS if f in have) or "none of " + " ".join(FLAGS)
-    except OSError:
-        pass
-    return "unknown"
-
-
-def gemm_peak(dtype) -> float:
-    """GFLOP/s of one model-sized product on this machine now (best of 5)."""
-    import torch
-
-    a, b = torch.randn(512, 1024, dtype=dtype), torch.randn(1024, 4096, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        began = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - began)
-    return 2 * 512 * 1024 * 4096 / best / 1e9
 
 
 def goals(results: List[dict]) -> List[str]:
