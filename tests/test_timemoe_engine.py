@@ -260,3 +260,23 @@ def test_grouped_query_and_dense_variants_load_and_generate(tmp_path, change):
         assert_close(cached, generate_without_cache(fam.model, normed, 40).numpy())
         assert_close(cached[1], generate(fam.model, normed[1:], 40).numpy()[0])
     assert np.isfinite(cached).all() and np.abs(cached).max() > 1e-3
+
+
+def test_no_pass_reads_a_cache_slot_it_did_not_write(tiny, monkeypatch):
+    """The KV buffer is not zeroed (model.KVCache): fill it with NaN instead and a ragged,
+    padded batch must still give the same finite numbers."""
+    from tsfmd.families.timemoe.model import TimeMoe
+
+    rows = [wave(n, seed=n) for n in LENGTHS]
+    clean = forecast(tiny, rows, 100)
+    plain = TimeMoe.new_caches
+
+    def poisoned(self, batch, max_len):
+        caches = plain(self, batch, max_len)
+        for cache in caches:
+            cache.k.fill_(float("nan"))
+            cache.v.fill_(float("nan"))
+        return caches
+
+    monkeypatch.setattr(TimeMoe, "new_caches", poisoned)
+    np.testing.assert_array_equal(forecast(tiny, rows, 100), clean)
