@@ -40,7 +40,6 @@ PRODUCTS = ("aten::mm", "aten::addmm", "aten::_grouped_mm", "aten::bmm")
 
 def measure(directory: str, dtype: str, repeat: int) -> dict:
     """{case: {"s": best seconds, "gflops": rate of its products}} for one engine."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from tsfmd.families.base import LoadSpec, SeriesInput
@@ -70,7 +69,6 @@ def measure(directory: str, dtype: str, repeat: int) -> dict:
     import tsfmd
 
     results["tsfmd"] = tsfmd.__file__  # which tree this process imported
-    del torch
     return results
 
 
