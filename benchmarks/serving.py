@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from machine import describe as machine  # noqa: E402  (benchmarks/machine.py)
+from machine import describe as machine  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
