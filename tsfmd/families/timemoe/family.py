@@ -16,7 +16,7 @@ Precision (registry `dtype`): float32, bfloat16 or float16 for the feed-forward 
 on CPUs attention always runs in float32 (see model.TimeMoe.set_compute_dtype). `auto` is
 bfloat16 on GPUs and on CPUs with native bfloat16 (avx512_bf16, AMX), else float32.
 `int8` (CPU only, opt-in, never `auto`): the feed-forwards as int8 weights with per-channel
-scales and dynamic activation quantization (families/quantize.py), attention float32.
+scales and dynamic per-row activation quantization (families/quantize.py), attention float32.
 """
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ from tsfmd.families.hub import resolve_model_dir
 from tsfmd.families.quantize import INT8, refuse_int8_unless_cpu, used_dtype
 
 #: int8's largest forecast error against float32, in each series' std, that the tiny
-#: checkpoint's test holds to (tests/test_timemoe_int8.py: 2.0% median, 3.6% worst there).
-#: Random 50M weights measured 2.7% median and 12% worst over 64 series (benchmarks/int8.py;
-#: about half of it from quantizing activations: int8 weights alone gave 1.0%/1.2% on the
-#: tiny checkpoint). Far above the 1% that would let `auto` choose it: int8 is opt-in only.
+#: checkpoint's test holds to (tests/test_timemoe_int8.py: 2.1% median, 3.1% worst there).
+#: Random 50M weights measured 2.4% median and 4.1% worst over 64 series with per-row input
+#: scales (11% worst with one scale per input; benchmarks/int8.py). int8 weights alone,
+#: activations left in float32, already give 1.05% median and 3.2% worst there: the 1%
+#: that would let `auto` choose int8 is out of reach of per-channel int8 weights on random
+#: weights, so int8 is opt-in only.
 INT8_BOUND = 0.05
 #: On CPUs one pass of about a thousand points (context + horizon, summed over the batch)
 #: already keeps the cores busy: more rows only add latency and cache misses. Measured
