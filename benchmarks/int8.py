@@ -1,9 +1,9 @@
 """`dtype: int8` against float32 on this CPU, in one run (issue 14).
 
-Prints the CPU's SIMD flags; the measured GFLOP/s of float32, dynamic int8 (what tsfmd
-runs) and weight-only int8 (torch._weight_int8pack_mm) at a model-shaped GEMM; then, for
-random-weight Time-MoE 50M and 200M checkpoints (loaded through the family's own path), the
-seconds per forecast of float32 and int8 at each context and batch size, repeats
+Prints the CPU's SIMD flags; the measured GFLOP/s of float32, dynamic int8 with per-row
+input scales (what tsfmd runs) and weight-only int8 (torch._weight_int8pack_mm) at a
+model-shaped GEMM; then, for random-weight Time-MoE 50M and 200M checkpoints (loaded
+through the family's own path), the seconds per forecast of float32 and int8 at each context and batch size, repeats
 interleaved (fp32, int8, fp32, int8, ...) so load from other work on the cores hits both
 alike, the ratio of the fastest runs, and int8's forecast error against float32 over 64
 random series at the shortest context (max over the horizon / the series' std; median and
@@ -49,7 +49,7 @@ def gemm_peaks(hidden: int, inner: int) -> None:
             int8 = timed(lambda: dynamic(x), 20)
             wonly = timed(lambda: torch._weight_int8pack_mm(x, packed, scales), 5)
         print(f"  GEMM {rows}x{hidden} @ {hidden}x{2 * inner}: float32 {flop / fp32:.0f} GFLOP/s,"
-              f" dynamic int8 {flop / int8:.0f}, weight-only int8 {flop / wonly:.0f}")
+              f" int8 per-row (tsfmd) {flop / int8:.0f}, weight-only int8 {flop / wonly:.0f}")
 
 
 def series(count: int, length: int, seed: int) -> list:
