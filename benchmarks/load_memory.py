@@ -1,8 +1,10 @@
-"""Issue 14, lean loading: peak and steady RSS, and start-to-ready time, of Time-MoE loads.
+"""Issue 14, lean loading: peak and steady RSS, and start-to-ready time, of model loads.
 
     flock /tmp/tsfmd-bench.lock .venv/bin/python benchmarks/load_memory.py
     flock /tmp/tsfmd-bench.lock .venv/bin/python benchmarks/load_memory.py --configs 50M \
         --dtype float32
+    flock /tmp/tsfmd-bench.lock .venv/bin/python benchmarks/load_memory.py --configs "" \
+        --families chronos-bolt,chronos-2,timesfm-2.5
 
 Writes random-weight checkpoints of the released 50M and 200M configs (official layout,
 bfloat16 tensors like the released files; `--file-dtype float32` for float32 files) to a
@@ -23,6 +25,13 @@ with the lean one (`weights.load_model`). The child measures, from /proc/self/st
 weights = the bytes of the loaded parameters (dtype `auto` on a CPU without native
 bfloat16 is float32, so 2x the bfloat16 file). Target (issue 14): steady and load peak
 <= 1.2 x weights + 300 MB.
+
+`--families` does the same for Chronos-Bolt, Chronos-2 and TimesFM 2.5 at their published
+sizes (benchmarks/families.py's random checkpoints, float32 files), loaded through their
+tsfmd family, i.e. transformers' `from_pretrained` (which builds on the meta device and
+reads safetensors by mmap itself), each load followed by one forecast (512 points,
+horizon 24), since mapped weights count in RSS only once read; load s includes that
+forecast; weights = the float32 safetensors bytes.
 """
 from __future__ import annotations
 
@@ -83,6 +92,47 @@ def child(loader: str, dtype: str, first: str, second: str) -> None:
     }), flush=True)
 
 
+def family_child(name: str, dtype: str, first: str, second: str) -> None:
+    """The same measures for another family's load (loader "family:<name>"), each load
+    followed by one forecast: from_pretrained maps float32 files without reading them, so
+    the weights count in RSS only once a forward pass has touched them."""
+    import numpy as np
+    import torch
+    from tsfmd.families import get_family
+    from tsfmd.families.base import LoadSpec, SeriesInput
+
+    family = get_family(name)
+    probe = [SeriesInput(values=np.sin(np.arange(512) / 7.0) + 10.0)]
+
+    def load_and_forecast(key: str, source: str):
+        fam = family.load(LoadSpec(key=key, source=source, dtype=dtype))
+        with torch.inference_mode():
+            fam.forecast(probe, 24)
+        return fam
+
+    gc.collect()
+    base = status()["VmRSS"]
+    reset_peak()
+    t0 = time.perf_counter()
+    fam = load_and_forecast("a", first)
+    load_s = time.perf_counter() - t0
+    peak = status()["VmHWM"] - base
+    print("READY", flush=True)
+    gc.collect()
+    now = status()
+    steady = now["VmRSS"] - base
+    reset_peak()
+    other = load_and_forecast("b", second)
+    reload_peak = status()["VmHWM"] - base
+    gc.collect()
+    both = status()["VmRSS"] - base
+    assert other is not fam
+    print(json.dumps({
+        "load_s": load_s, "peak": peak, "steady": steady, "reload_peak": reload_peak,
+        "both_steady": both, "rss_file": now["RssFile"], "dtype": fam.capabilities().dtype,
+    }), flush=True)
+
+
 def run_child(loader, dtype, first, second) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -102,6 +152,19 @@ def run_child(loader, dtype, first, second) -> dict:
     return result
 
 
+def measure_family(name: str, dtype: str, tmp: Path) -> dict:
+    """Two copies of one published-size random checkpoint (the builders seed themselves),
+    loaded by one child: the second stands for the changed model of a reload."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from families import build  # benchmarks/families.py
+
+    dirs = [build(name, tmp / f"{name}-{copy}") for copy in (0, 1)]
+    weights = sum(f.stat().st_size for f in Path(dirs[0]).glob("*.safetensors"))
+    r = run_child(f"family:{name}", dtype, dirs[0], dirs[1])
+    r.update(size=name, loader="from_pretrained", file=weights, weights=weights)
+    return r
+
+
 def cpu_flags() -> str:
     flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -118,13 +181,19 @@ def cpu_flags() -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(*sys.argv[2:6])
+        loader = sys.argv[2]
+        if loader.startswith("family:"):
+            family_child(loader.split(":", 1)[1], *sys.argv[3:6])
+        else:
+            child(*sys.argv[2:6])
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="50M,200M")
     ap.add_argument("--dtype", default="auto", help="registry dtype (auto, float32, bfloat16)")
     ap.add_argument("--file-dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--loaders", default="eager,lean")
+    ap.add_argument("--families", default="",
+                    help="also: chronos-bolt,chronos-2,timesfm-2.5 at their published sizes")
     args = ap.parse_args()
 
     import torch
@@ -132,10 +201,11 @@ def main() -> None:
     from tsfmd.families.timemoe.weights import WEIGHTS_FILE, write_random_checkpoint
 
     print("CPU:", cpu_flags())
-    print(f"torch {torch.__version__}, registry dtype {args.dtype}, file dtype {args.file_dtype}")
+    files = f", Time-MoE file dtype {args.file_dtype}" if args.configs else ""
+    print(f"torch {torch.__version__}, registry dtype {args.dtype}{files}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="tsfmd-loadmem-") as tmp:
-        for size in args.configs.split(","):
+        for size in filter(None, args.configs.split(",")):
             dirs = []
             for seed in (0, 1):
                 d = Path(tmp) / f"{size}-{seed}"
@@ -148,6 +218,9 @@ def main() -> None:
                 r.update(size=size, loader=loader, file=file_bytes)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
+        for name in filter(None, args.families.split(",")):
+            rows.append(measure_family(name, args.dtype, Path(tmp)))
+            print(json.dumps(rows[-1]), flush=True)
     print()
     print("| config | loader | file MB | ffn dtype | weights MB | load peak MB | steady MB "
           "| reload peak (2 models) MB | load s | ready s | target MB |")
