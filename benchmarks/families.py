@@ -26,6 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import tinymodels  # noqa: E402  (the builders the tests use, here at published sizes)
 
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
+
 from tsfmd.families import get_family  # noqa: E402
 from tsfmd.families.base import LoadSpec, SeriesInput  # noqa: E402
 
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(LONG), choices=list(LONG))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print(f"machine: {describe(bfloat16=False)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, history 512, float32")
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:

@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # benchmarks/machine.py
+
 MB = 1024 * 1024
 
 
@@ -165,20 +167,6 @@ def measure_family(name: str, dtype: str, tmp: Path) -> dict:
     return r
 
 
-def cpu_flags() -> str:
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "?")
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
-              "amx_bf16", "amx_int8")
-    return f"{model}; " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         loader = sys.argv[2]
@@ -200,7 +188,7 @@ def main() -> None:
     from tsfmd.families.timemoe.config import OFFICIAL
     from tsfmd.families.timemoe.weights import WEIGHTS_FILE, write_random_checkpoint
 
-    print("CPU:", cpu_flags())
+    print("machine:", describe(bfloat16=False))
     files = f", Time-MoE file dtype {args.file_dtype}" if args.configs else ""
     print(f"torch {torch.__version__}, registry dtype {args.dtype}{files}")
     rows = []

@@ -32,7 +32,7 @@ from typing import List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from load_memory import cpu_flags  # noqa: E402
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
 from ray_lab import RayCluster, wait_ready, write_serve_config  # noqa: E402
 from serving import Daemon, bodies, free_port, machine, run_clients  # noqa: E402
 
@@ -101,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     print("machine:", machine())
-    print("CPU:", cpu_flags())
+    print("machine:", describe(bfloat16=False))
     work = Path(tempfile.mkdtemp(prefix="tsfmd-ray-bench-"))
     daemon_port, ray_port = free_port(), free_port()
     config = work / "tsfmd.yaml"

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from machine import describe  # benchmarks/machine.py
 from tsfmd.families.base import LoadSpec, SeriesInput
 from tsfmd.families.timemoe.config import OFFICIAL
 from tsfmd.families.timemoe.family import TimeMoeFamily, normalise, resolve_dtype
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--accuracy-series", type=int, default=16)
     args = parser.parse_args()
+    print(f"machine: {describe()}")
     for size in args.configs:
         run(f"TimeMoE-{size}", args.context, args.horizon, args.repeat, args.accuracy_series)
 

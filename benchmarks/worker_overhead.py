@@ -28,7 +28,7 @@ from typing import List, Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_memory import cpu_flags  # noqa: E402 (the benchmarks share their helpers)
+from machine import describe  # noqa: E402 (the benchmarks share their helpers)
 from serving import Daemon, bodies, free_port, machine, run_clients  # noqa: E402
 
 ROUTES = {"inproc": "/bench-inproc", "worker": "/bench-worker"}
@@ -144,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = work / "tsfmd.yaml"
     write_registry(config, port, args)
     print(f"machine: {machine()}")
-    print(f"CPU: {cpu_flags()}")
+    print(f"machine: {describe(bfloat16=False)}")
     print(f"model: fracast bundled, context {args.context}, horizon {args.horizon}; "
           f"max_batch {args.max_batch}, max_wait_ms {args.max_wait_ms}")
     print(f"load average at the start: {os.getloadavg()[0]:.1f}")

@@ -89,7 +89,9 @@ def _int8_linear_class():
             x = x.float()
             row_max = x.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-30)
             # reduce_range=True: 7-bit activations, so that AVX2's 16-bit pair sums
-            # (no VNNI) cannot saturate; fbgemm's own dynamic Linear does the same
+            # (no VNNI) cannot saturate; fbgemm's own dynamic Linear does the same. 8-bit
+            # ones on an AVX2-only CPU measured worse, not better (50M, 64 series: median
+            # error 2.4% -> 3.3% of the series' std): the saturation is real.
             y = torch.ops.quantized.linear_dynamic(x / row_max, self._packed, True)
             y = y.mul_(row_max)
             return y if self.bias is None else y.add_(self.bias)
