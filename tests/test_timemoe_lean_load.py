@@ -43,6 +43,20 @@ def test_lean_load_equals_the_eager_path(dtype, attention):
     assert torch.equal(got, want)
 
 
+def test_int8_quantized_during_the_load_equals_quantizing_the_float32_model():
+    """load_model(int8=True) quantizes each layer as soon as it is filled, so the float32
+    model never exists whole (benchmarks/load_memory.py --dtype int8 shows the peak); the
+    model must be the one quantizing a float32 load afterwards gives."""
+    during = load_model(TINY, int8=True)
+    after = load_model_eager(TINY, int8=True)  # built whole in float32, then quantized
+    for layer in during.layers:
+        assert layer.ffn.int8_experts is not None and layer.ffn.gate_up.numel() == 0
+    with torch.inference_mode():
+        got = generate(during, series(), 40)
+        want = generate(after, series(), 40)
+    assert torch.isfinite(got).all() and torch.equal(got, want)
+
+
 def test_no_parameter_stays_backed_by_the_file():
     """Every parameter owns its storage (none is a view of the mapped file), and no two
     share one: the file can be replaced or deleted while the model serves."""

@@ -109,7 +109,7 @@ class TimeMoeFamily(Family):
 
     @classmethod
     def load(cls, spec: LoadSpec) -> "TimeMoeFamily":
-        if spec.dtype == INT8:  # built in float32, then quantized below
+        if spec.dtype == INT8:  # read in float32, quantized layer by layer (load_model)
             refuse_int8_unless_cpu(spec.dtype, spec.device)
             dtype = torch.float32
         else:
@@ -120,15 +120,13 @@ class TimeMoeFamily(Family):
         attention = torch.float32 if spec.device == "cpu" else dtype
         try:
             model = load_model(directory, dtype=dtype, device=spec.device,
-                               attention_dtype=attention)
+                               attention_dtype=attention, int8=spec.dtype == INT8)
         except CheckpointError as exc:
             raise ModelLoadError(f"cannot load Time-MoE from {directory}: {exc}") from exc
         except (RuntimeError, OSError) as exc:
             raise ModelLoadError(
                 f"cannot load Time-MoE from {directory} onto {spec.device}: {exc}"
             ) from exc
-        if spec.dtype == INT8:
-            model.quantize_int8()
         limit = model.config.max_position_embeddings
         caps = Capabilities(
             context_limit=resolve_limit(spec.context_limit, limit),

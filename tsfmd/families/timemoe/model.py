@@ -301,16 +301,16 @@ class TimeMoe(nn.Module):
                 param.data = param.data.to(wanted)
         return self
 
-    def quantize_int8(self) -> "TimeMoe":
-        """`dtype: int8` on CPU: the feed-forwards (experts, shared expert, dense MLP; ~85%
-        of the arithmetic) as int8 weights with per-channel scales; attention, norms, router,
-        embedding and heads stay float32. Keeping the first layers' feed-forwards float32
-        (as bfloat16 does) bought little here: 50M random weights, 32 series, worst error
-        3.9% -> 2.7% of the series' std with two layers kept, for ~5% of the speed (measured
-        with one scale per input, before quantize.py's per-row scales)."""
-        for layer in self.layers:
-            layer.ffn.quantize_int8()
-        return self
+    def quantize_layer_int8(self, index: int) -> None:
+        """`dtype: int8` on CPU, one decoder layer at a time (weights.load_model quantizes
+        each layer as soon as it is filled): its feed-forward (experts, shared expert or
+        dense MLP; ~85% of the arithmetic) as int8 weights with per-channel scales;
+        attention, norms, router, embedding and heads stay float32. Keeping the first
+        layers' feed-forwards float32 (as bfloat16 does) bought little here: 50M random
+        weights, 32 series, worst error 3.9% -> 2.7% of the series' std with two layers
+        kept, for ~5% of the speed (measured with one scale per input, before quantize.py's
+        per-row scales)."""
+        self.layers[index].ffn.quantize_int8()
 
     def compute_dtypes(
         self, dtype: torch.dtype, attention_dtype: Optional[torch.dtype] = None

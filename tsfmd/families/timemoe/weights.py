@@ -251,21 +251,25 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     attention_dtype: Optional[torch.dtype] = None,
+    int8: bool = False,
 ) -> TimeMoe:
     """Build a TimeMoe from an official checkpoint directory, ready for inference.
     `dtype` is the feed-forward's, `attention_dtype` attention's (default: `dtype`).
+    `int8` (CPU, `dtype` float32): each decoder layer's feed-forward is quantized as soon
+    as that layer is filled (TimeMoe.quantize_layer_int8), so the model never exists whole
+    in float32: peak is the int8 model plus one float32 layer.
 
     Lean, like gpt-fast: the module is built on the meta device (no memory, no random
     init), the keys and shapes are checked from the file's header alone, and each native
     tensor is allocated once, in its final dtype, and filled straight from the
     memory-mapped file (safetensors' safe_open maps it on CPU; a cast happens in that
-    copy, tensor by tensor), then put in place with load_state_dict(assign=True). Peak
-    memory is one copy of the weights plus the file pages of one layer: the file is mapped
-    once per layer and unmapped when the layer is done, since any live tensor from a
-    mapping keeps every page touched through it resident. No parameter stays backed by
-    the file (the fused layout needs copies for nearly all bytes anyway, and one
-    file-backed tensor would pin the whole mapping). `load_model_eager` is the old path,
-    kept as the reference."""
+    copy, tensor by tensor), then put in place with load_state_dict(assign=True), layer
+    by layer. Peak memory is one copy of the weights plus the file pages of one layer: the
+    file is mapped once per layer and unmapped when the layer is done, since any live
+    tensor from a mapping keeps every page touched through it resident. No parameter
+    stays backed by the file (the fused layout needs copies for nearly all bytes anyway,
+    and one file-backed tensor would pin the whole mapping). `load_model_eager` is the old
+    path, kept as the reference."""
     directory = Path(directory)
     cfg = read_config(directory)
     path = directory / WEIGHTS_FILE
@@ -279,11 +283,11 @@ def load_model(
         model = TimeMoe(cfg)
     dtypes = model.compute_dtypes(dtype, attention_dtype)
     layout = native_layout(cfg)
-    state: Dict[str, torch.Tensor] = {}
     groups: Dict[str, List[str]] = {}
     for name in layout:
         groups.setdefault(_group(name), []).append(name)
-    for names in groups.values():
+    for group, names in groups.items():
+        state: Dict[str, torch.Tensor] = {}
         with _open(path) as handle:  # one mapping per layer: unmapped at the end of it
             for name in names:
                 shape, parts = layout[name]
@@ -291,11 +295,19 @@ def load_model(
                 for key, where in parts:
                     part = tensor[where] if where else tensor
                     part.copy_(handle.get_tensor(key).reshape(part.shape))
-                state[name] = tensor
-    model.load_state_dict(state, strict=True, assign=True)
-    del state
+                state[name[len(group) + 1:] if group else name] = tensor
+        # strict per group: every tensor of the module is in its group (native_layout)
+        target = model.get_submodule(group) if group else model
+        result = target.load_state_dict(state, strict=bool(group), assign=True)
+        if not group and (result.unexpected_keys or any(
+                not key.startswith("layers.") for key in result.missing_keys)):
+            raise CheckpointError(f"the native layout does not fit the model: {result}")
+        del state
+        if int8 and group:
+            model.quantize_layer_int8(int(group.split(".")[1]))
     model.materialise_buffers()
-    model.set_compute_dtype(dtype, attention_dtype)  # a no-op: built in these dtypes
+    if not int8:
+        model.set_compute_dtype(dtype, attention_dtype)  # a no-op: built in these dtypes
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -304,10 +316,12 @@ def load_model_eager(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     attention_dtype: Optional[torch.dtype] = None,
+    int8: bool = False,
 ) -> TimeMoe:
     """The pre-issue-14 loader (whole file read, fused with torch.cat, copied into a
     randomly initialised module, then cast): about three copies of the weights at peak.
-    Kept as the reference that tests and benchmarks/load_memory.py compare against."""
+    `int8` quantizes once the whole float32 model is built, as tsfmd first did. Kept as
+    the reference that tests and benchmarks/load_memory.py compare against."""
     directory = Path(directory)
     cfg = read_config(directory)
     path = directory / WEIGHTS_FILE
@@ -319,6 +333,8 @@ def load_model_eager(
     model = TimeMoe(cfg)
     model.load_state_dict(to_native(cfg, tensors), strict=True)
     model.set_compute_dtype(dtype, attention_dtype)
+    for index in range(len(model.layers) if int8 else 0):
+        model.quantize_layer_int8(index)
     return model.to(device).eval().requires_grad_(False)
 
 
