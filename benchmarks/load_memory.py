@@ -15,7 +15,8 @@ with the lean one (`weights.load_model`). The child measures, from /proc/self/st
 * baseline: VmRSS after importing torch and tsfmd (the peak counter is then reset with
   /proc/self/clear_refs, so VmHWM afterwards is the load's own peak);
 * load peak: VmHWM after the load minus the baseline;
-* steady: VmRSS after the load (and gc) minus the baseline, i.e. what the model costs;
+* steady: VmRSS after the load (then gc and malloc_trim, as the daemon does after each
+  load: tsfmd/core/heap.py) minus the baseline, i.e. what the model costs;
 * reload peak: with the first model still held (it would still serve), a second checkpoint
   of the same config (other seed, i.e. a changed model) is loaded: VmHWM minus the
   baseline, so the two models together at their worst;
@@ -62,8 +63,22 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
+def weight_bytes(model) -> int:
+    """Parameters and buffers, plus each int8 layer's packed weight (`dtype: int8`: one
+    byte per weight and a float32 scale per output channel, held outside parameters)."""
+    from tsfmd.families.quantize import is_int8_linear
+
+    total = sum(t.numel() * t.element_size()
+                for t in (*model.parameters(), *model.buffers()))
+    for layer in model.modules():
+        if is_int8_linear(layer):
+            total += layer.out_features * (layer.in_features + 4)
+    return total
+
+
 def child(loader: str, dtype: str, first: str, second: str) -> None:
     import torch  # noqa: F401
+    from tsfmd.core.heap import release_free_memory
     from tsfmd.families.base import LoadSpec
     from tsfmd.families.timemoe import family as family_module, weights
     if loader == "eager":
@@ -76,21 +91,21 @@ def child(loader: str, dtype: str, first: str, second: str) -> None:
     load_s = time.perf_counter() - t0
     peak = status()["VmHWM"] - base
     print("READY", flush=True)
-    gc.collect()
+    release_free_memory("load")  # as the daemon's load_family does after each load
     now = status()
-    params = sum(p.numel() * p.element_size() for p in fam.model.parameters())
+    params = weight_bytes(fam.model)
     steady = now["VmRSS"] - base
     reset_peak()
     other = family_module.TimeMoeFamily.load(LoadSpec(key="b", source=second, dtype=dtype))
     reload_peak = status()["VmHWM"] - base
-    gc.collect()
+    release_free_memory("load")
     both = status()["VmRSS"] - base
     assert other.model is not fam.model
     print(json.dumps({
         "load_s": load_s, "peak": peak, "steady": steady, "reload_peak": reload_peak,
         "both_steady": both, "weights": params, "rss_file": now["RssFile"],
         # the feed-forward's dtype (attention and norms stay float32 on CPUs)
-        "dtype": str(family_module.resolve_dtype(dtype, "cpu")).replace("torch.", ""),
+        "dtype": fam.capabilities().dtype,
     }), flush=True)
 
 
@@ -177,7 +192,8 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="50M,200M")
-    ap.add_argument("--dtype", default="auto", help="registry dtype (auto, float32, bfloat16)")
+    ap.add_argument("--dtype", default="auto",
+                    help="registry dtype (auto, float32, bfloat16, int8)")
     ap.add_argument("--file-dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--loaders", default="eager,lean")
     ap.add_argument("--families", default="",

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,19 @@ def test_settings_only_changes_keep_the_loaded_model(daemon):
     assert too_long.status_code == 400 and "at most 10 points" in too_long.json()["error"]
     changes = life.status()["reloads"]["last_changes"]
     assert changes["reconfigured"] == ["a"] and changes["changed"] == []
+
+
+def test_a_changed_or_removed_model_is_freed_by_the_time_the_reload_returns(daemon, tmp_path):
+    """Nothing holds the old versions once the reload returns (no test-side gc), so the
+    memory apply then gives back to the OS (tsfmd/core/heap.py) includes theirs."""
+    life = daemon(entry("a") + entry("b"))
+    assert forecast(life, "/a").status_code == 200 and forecast(life, "/b").status_code == 200
+    old_a, old_b = weakref.ref(handles(life)["a"].model), weakref.ref(handles(life)["b"].model)
+    life.write(entry("a", fracast_checkpoint(tmp_path / "fc")))  # a changed, b removed
+
+    assert life.daemon.reload() is True
+    assert old_a() is None and old_b() is None
+    assert forecast(life, "/a").status_code == 200 and forecast(life, "/b").status_code == 404
 
 
 def test_a_request_on_the_old_executor_finishes_when_batching_changes(daemon):

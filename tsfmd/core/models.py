@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from tsfmd.core.errors import Unavailable
 from tsfmd.core.executor import make_executor
+from tsfmd.core.heap import release_free_memory
 from tsfmd.families import get_family
 from tsfmd.families.base import Capabilities, Forecast, ModelLoadError, resolve_limit
 from tsfmd.core.preflight import load_spec
@@ -309,6 +310,17 @@ class Models:
     def apply(
         self, specs: Iterable[ModelSpec], on_progress: Optional[Callable[[str], None]] = None,
         quiesce: Optional[Callable[[], None]] = None,
+    ) -> Outcome:
+        """Serve `specs` (see _apply), then give the memory of the models that no longer
+        serve back to the OS: here, once nothing of the old table is referenced any more."""
+        outcome = self._apply(specs, on_progress, quiesce)
+        if any(outcome.changes.get(kind) for kind in ("changed", "removed", "failed")):
+            release_free_memory("models unloaded")
+        return outcome
+
+    def _apply(
+        self, specs: Iterable[ModelSpec], on_progress: Optional[Callable[[str], None]],
+        quiesce: Optional[Callable[[], None]],
     ) -> Outcome:
         """Serve `specs`, then close what no longer serves. Per key (Outcome.changes):
         added / changed (the load identity differs: new weights load while the old serve),

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from tsfmd.core.errors import Unsupported
+from tsfmd.core.heap import release_free_memory
 from tsfmd.families.base import Capabilities, Family, Forecast, LoadSpec, SeriesInput
 
 #: runner states; a process runner also passes through RESTARTING and may end FAILED
@@ -41,10 +42,12 @@ def no_grad():
 
 
 def load_family(family_cls, spec: LoadSpec) -> Family:
-    """Load and warm up one model in this process (the daemon's or a worker's)."""
+    """Load and warm up one model in this process (the daemon's or a worker's), then give
+    what the load freed back to the OS (tsfmd/core/heap.py)."""
     model = family_cls.load(dataclasses.replace(spec, device=resolve_device(spec.device)))
     with no_grad():
         model.warm_up()
+    release_free_memory(f"model {spec.key} loaded")
     return model
 
 
