@@ -1,8 +1,12 @@
 """Int8Linear (families/quantize.py), the layer every `dtype: int8` family runs its
 feed-forwards on: int8 weights, each input row quantized on its own scale, real fbgemm
-kernels and random weights."""
+kernels and random weights; and quantize_linears handing back the pages of a weight read
+straight from its file (families/file_pages.py)."""
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -57,3 +61,39 @@ def test_quantize_linears_swaps_all_but_the_skipped_and_keeps_their_output():
 def test_quantize_linears_refuses_a_bare_linear_it_could_not_swap():
     with pytest.raises(ValueError, match="use int8_linear"):
         quantize_linears(nn.Linear(4, 4))
+
+
+def rss_file() -> int:
+    """Resident bytes of this process's file mappings (/proc/self/status RssFile)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def test_a_linear_read_from_its_file_hands_its_pages_back_once_quantized(tmp_path):
+    # transformers' from_pretrained leaves float32 weights backed by the mapped checkpoint;
+    # torch.from_file maps a file the same way. Its pages must not stay resident once the
+    # int8 copy replaced it, and its data must stay intact (page-out never changes data).
+    rows, cols = 2048, 4096  # 32 MB of float32
+    path = tmp_path / "weight.f32"
+    np_weight = np.random.default_rng(3).standard_normal(rows * cols).astype(np.float32)
+    with open(path, "wb") as out:
+        np_weight.tofile(out)
+        out.flush()
+        os.fsync(out.fileno())  # clean pages: the kernel may drop them at once
+    mapped = torch.from_file(str(path), shared=True, size=rows * cols).view(rows, cols)
+    model = nn.Sequential(nn.Linear(cols, rows, bias=False))
+    model[0].weight = nn.Parameter(mapped, requires_grad=False)
+    total = float(mapped.sum())  # read: every page resident
+    before = rss_file()
+    quantize_linears(model)
+    assert before - rss_file() >= 0.8 * rows * cols * 4
+    assert float(mapped.sum()) == total  # still readable, unchanged
+
+
+def test_page_out_leaves_memory_that_no_file_backs_alone():
+    from tsfmd.families.file_pages import file_mappings, page_out
+
+    heap = torch.ones(1 << 20)
+    assert page_out(heap, file_mappings()) == 0 and float(heap.sum()) == 1 << 20

@@ -19,6 +19,7 @@ import warnings
 from contextlib import contextmanager
 
 from tsfmd.families.base import ModelLoadError
+from tsfmd.families.file_pages import file_mappings, page_out
 
 INT8 = "int8"
 
@@ -120,7 +121,8 @@ def int8_linear(weight: "torch.Tensor", bias: "torch.Tensor" = None) -> "nn.Modu
 def quantize_linears(module: "nn.Module", skip: tuple = ()) -> "nn.Module":
     """Every nn.Linear under `module` replaced, in place, by an Int8Linear, except those
     whose qualified name contains one of `skip` (lower-cased, e.g. ATTENTION); returns
-    `module`. Each float weight is dropped as its int8 copy takes its place."""
+    `module`. Each float weight is dropped as its int8 copy takes its place, and the pages
+    of one read straight from its checkpoint file are handed back (file_pages.py)."""
     from torch import nn
 
     chosen = [
@@ -129,11 +131,13 @@ def quantize_linears(module: "nn.Module", skip: tuple = ()) -> "nn.Module":
     ]
     if "" in chosen:  # `module` itself is a Linear: nothing holds it to swap
         raise ValueError("quantize_linears needs a module that holds Linears; use int8_linear")
+    mappings = file_mappings()  # float weights read straight from the checkpoint file
     for name in chosen:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         linear = getattr(parent, attr)
         setattr(parent, attr, int8_linear(linear.weight, linear.bias))
+        page_out(linear.weight.detach(), mappings)  # its file pages are not read again
     return module
 
 
