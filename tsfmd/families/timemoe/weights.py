@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from tsfmd.core.heap import trim_heap
 from tsfmd.families.timemoe.config import TimeMoeConfig
 from tsfmd.families.timemoe.model import TimeMoe
 
@@ -256,8 +257,9 @@ def load_model(
     """Build a TimeMoe from an official checkpoint directory, ready for inference.
     `dtype` is the feed-forward's, `attention_dtype` attention's (default: `dtype`).
     `int8` (CPU, `dtype` float32): each decoder layer's feed-forward is quantized as soon
-    as that layer is filled (TimeMoe.quantize_layer_int8), so the model never exists whole
-    in float32: peak is the int8 model plus one float32 layer.
+    as that layer is filled (TimeMoe.quantize_layer_int8) and the freed float32 layer is
+    given back to the OS (core/heap.py), so the model never exists whole in float32: peak
+    is the int8 model plus one float32 layer.
 
     Lean, like gpt-fast: the module is built on the meta device (no memory, no random
     init), the keys and shapes are checked from the file's header alone, and each native
@@ -305,6 +307,7 @@ def load_model(
         del state
         if int8 and group:
             model.quantize_layer_int8(int(group.split(".")[1]))
+            trim_heap()  # the float32 layer just freed: its pages are not the next one's
     model.materialise_buffers()
     if not int8:
         model.set_compute_dtype(dtype, attention_dtype)  # a no-op: built in these dtypes
