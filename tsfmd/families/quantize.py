@@ -67,7 +67,7 @@ def _int8_linear_class():
         product (which quantizes its whole input with one scale) and the result multiplied
         back. One scale for a whole [tokens, features] input let the token with the largest
         activations set the step for all the others: random Time-MoE 50M weights, 64
-        series, worst error 11.4% -> 4.1% of the series' std (median 2.6% -> 2.4%), for
+        series, worst error 11.4% -> 4.6% of the series' std (median 2.6% -> 2.4%), for
         2-6% of int8's speed (benchmarks/README.md, "int8 per-row scales")."""
 
         def __init__(self, weight: "torch.Tensor", bias: "torch.Tensor" = None):
