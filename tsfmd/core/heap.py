@@ -46,13 +46,13 @@ def trim_heap() -> bool:
 
 def release_free_memory(why: str) -> bool:
     """Collect cycles, then return the heap's free pages to the OS; True when the C
-    library could (glibc). `why` is logged with the RSS released."""
+    library could (glibc). `why` is logged with the RSS released, when 16 MB or more."""
     gc.collect()
     before = rss_bytes()
     if not trim_heap():
         return False
     after = rss_bytes()
-    if before and after and before - after >= 1 << 20:
+    if before and after and before - after >= 16 << 20:  # smaller amounts are no news
         log.info("%s: returned %d MB of freed memory to the OS (RSS %d MB)", why,
                  (before - after) >> 20, after >> 20)
     return True

@@ -315,7 +315,7 @@ class Models:
         serve back to the OS: here, once nothing of the old table is referenced any more."""
         outcome = self._apply(specs, on_progress, quiesce)
         if any(outcome.changes.get(kind) for kind in ("changed", "removed", "failed")):
-            release_free_memory("models unloaded")
+            release_free_memory("models replaced, removed or failed to load")
         return outcome
 
     def _apply(
