@@ -76,37 +76,51 @@ def weight_bytes(model) -> int:
     return total
 
 
-def child(loader: str, dtype: str, first: str, second: str) -> None:
-    import torch  # noqa: F401
+def measure(load, first: str, second: str, weights=None) -> None:
+    """Print the measures of `load(key, source)` (baseline, load peak, steady, reload peak
+    with the first model still held) as one JSON line; `weights(model)` adds its bytes.
+    After each load, gc and malloc_trim, as the daemon's load_family does."""
     from tsfmd.core.heap import release_free_memory
-    from tsfmd.families.base import LoadSpec
-    from tsfmd.families.timemoe import family as family_module, weights
-    if loader == "eager":
-        family_module.load_model = weights.load_model_eager
+
     gc.collect()
     base = status()["VmRSS"]
     reset_peak()
     t0 = time.perf_counter()
-    fam = family_module.TimeMoeFamily.load(LoadSpec(key="a", source=first, dtype=dtype))
+    fam = load("a", first)
     load_s = time.perf_counter() - t0
     peak = status()["VmHWM"] - base
     print("READY", flush=True)
-    release_free_memory("load")  # as the daemon's load_family does after each load
+    release_free_memory("load")
     now = status()
-    params = weight_bytes(fam.model)
     steady = now["VmRSS"] - base
     reset_peak()
-    other = family_module.TimeMoeFamily.load(LoadSpec(key="b", source=second, dtype=dtype))
+    other = load("b", second)
     reload_peak = status()["VmHWM"] - base
     release_free_memory("load")
     both = status()["VmRSS"] - base
-    assert other.model is not fam.model
-    print(json.dumps({
+    assert other is not fam
+    result = {
         "load_s": load_s, "peak": peak, "steady": steady, "reload_peak": reload_peak,
-        "both_steady": both, "weights": params, "rss_file": now["RssFile"],
+        "both_steady": both, "rss_file": now["RssFile"],
         # the feed-forward's dtype (attention and norms stay float32 on CPUs)
         "dtype": fam.capabilities().dtype,
-    }), flush=True)
+    }
+    if weights is not None:
+        result["weights"] = weights(fam)
+    print(json.dumps(result), flush=True)
+
+
+def child(loader: str, dtype: str, first: str, second: str) -> None:
+    import torch  # noqa: F401
+    from tsfmd.families.base import LoadSpec
+    from tsfmd.families.timemoe import family as family_module, weights
+    if loader == "eager":
+        family_module.load_model = weights.load_model_eager
+
+    def load(key: str, source: str):
+        return family_module.TimeMoeFamily.load(LoadSpec(key=key, source=source, dtype=dtype))
+
+    measure(load, first, second, weights=lambda fam: weight_bytes(fam.model))
 
 
 def family_child(name: str, dtype: str, first: str, second: str) -> None:
@@ -127,27 +141,7 @@ def family_child(name: str, dtype: str, first: str, second: str) -> None:
             fam.forecast(probe, 24)
         return fam
 
-    gc.collect()
-    base = status()["VmRSS"]
-    reset_peak()
-    t0 = time.perf_counter()
-    fam = load_and_forecast("a", first)
-    load_s = time.perf_counter() - t0
-    peak = status()["VmHWM"] - base
-    print("READY", flush=True)
-    gc.collect()
-    now = status()
-    steady = now["VmRSS"] - base
-    reset_peak()
-    other = load_and_forecast("b", second)
-    reload_peak = status()["VmHWM"] - base
-    gc.collect()
-    both = status()["VmRSS"] - base
-    assert other is not fam
-    print(json.dumps({
-        "load_s": load_s, "peak": peak, "steady": steady, "reload_peak": reload_peak,
-        "both_steady": both, "rss_file": now["RssFile"], "dtype": fam.capabilities().dtype,
-    }), flush=True)
+    measure(load_and_forecast, first, second)
 
 
 def run_child(loader, dtype, first, second) -> dict:
